@@ -1,0 +1,354 @@
+"""Typed configuration: one YAML file -> validated, kw_only dataclasses.
+
+Unknown keys and bad values are errors that name the key, the value and what is allowed (pydantic does the
+checking; we only reword its messages). Every stage saves the resolved config beside its outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import asdict, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ValidateConfig",
+    "AugmentConfig",
+    "TrainConfig",
+    "ResnetConfig",
+    "ModelsConfig",
+    "EvaluateConfig",
+    "GateConfig",
+    "ExportConfig",
+    "StoreConfig",
+    "ScoreConfig",
+    "load_config",
+    "config_to_dict",
+    "save_config",
+    "DEFAULT_CONFIG_NAME",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+MODEL_NAMES = ("custom_cnn", "resnet18")
+# Every validation check and the severity it gets unless the config says otherwise.
+VALIDATION_CHECKS = {
+    "unreadable": "error",  # zero-byte, truncated, not an image, cannot be decoded
+    "too_large": "error",  # more pixels than data.max_pixels (decompression bomb guard)
+    "outside_root": "error",  # a symlink that leads outside the data root
+    "missing_split": "error",  # train or val folder missing (test is optional)
+    "empty_class": "error",  # a class folder missing or without images in a split
+    "unknown_folder": "warning",  # a folder that is neither a known split nor a known class
+    "not_an_image": "warning",  # a file whose extension is not an image format we read
+    "duplicate_within_split": "warning",  # identical decoded pixels twice in one split
+    "duplicate_cross_split": "error",  # identical decoded pixels in two splits (leakage)
+    "label_conflict": "error",  # identical decoded pixels under two labels
+    "near_duplicate": "warning",  # perceptual hashes within validate.near_duplicate_distance
+    "patient_leakage": "warning",  # one patient id in two splits
+}
+Severity = Literal["error", "warning", "ignore"]
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key, the value and what is allowed."""
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class DataConfig:
+    classes: list[str] = field(default_factory=lambda: ["normal", "benign", "cancer"])  # output order
+    # Folder names accepted for a class (folder -> class).
+    label_aliases: dict[str, str] = field(default_factory=lambda: {"malignant": "cancer"})
+    image_size: int = 224  # images are resized to image_size x image_size, single channel
+    max_pixels: int = 64_000_000  # larger images are refused: a guard against decompression bombs
+    # Patient id = first group of this regex on the file name. Default fits DDSM/CBIS-DDSM names:
+    # A_0003_1.LEFT_CC.jpg -> A_0003_1, P_00001_LEFT_CC.jpg -> P_00001 (the part before the laterality).
+    patient_id_pattern: str = r"^(.+?)[._-](?:LEFT|RIGHT)(?:[._-]|$)"
+    # What training does with train images whose patient also appears in val/test: keep them (report only)
+    # or drop them, so that validation is patient-disjoint and honest.
+    leakage: Literal["report", "exclude_from_train"] = "exclude_from_train"
+    cache_dir: str = "~/.cache/medpipe"  # decoded uint8 arrays, keyed by the dataset manifest hash
+
+    def __post_init__(self) -> None:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.classes must be at least two distinct names, got {self.classes}")
+        if not 16 <= self.image_size <= 1024:
+            raise ValueError(f"data.image_size must be in 16..1024, got {self.image_size}")
+        for alias, target in self.label_aliases.items():
+            if target not in self.classes:
+                raise ValueError(f"data.label_aliases.{alias}={target!r} is not one of data.classes {self.classes}")
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class ValidateConfig:
+    # Per-check severity; "error" fails `medpipe validate` (non-zero exit) and the pipeline.
+    severity: dict[str, Severity] = field(default_factory=lambda: dict(VALIDATION_CHECKS))
+    near_duplicate_distance: int = 4  # max Hamming distance of 64-bit perceptual hashes to call a near-duplicate
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.severity) - set(VALIDATION_CHECKS))
+        if unknown:
+            raise ValueError(f"validate.severity has unknown checks {unknown}; allowed: {sorted(VALIDATION_CHECKS)}")
+        self.severity = {**VALIDATION_CHECKS, **self.severity}
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class AugmentConfig:
+    enabled: bool = True
+    rotation_degrees: float = 30.0
+    crop_scale: tuple[float, float] = (0.7, 1.0)  # random resized crop: area fraction
+    crop_ratio: tuple[float, float] = (0.7, 1.3)  # random resized crop: aspect ratio
+    hflip_p: float = 0.5
+    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.3
+    erasing_p: float = 0.3
+    mixup_alpha: float = 0.3  # 0 disables mixup
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 32
+    optimizer: Literal["adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 2e-4
+    scheduler: Literal["cosine", "none"] = "cosine"
+    patience: int = 10  # early stopping: epochs without improvement of `monitor`
+    monitor: Literal["macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy", "loss"] = "macro_auc"
+    label_smoothing: float = 0.1
+    class_weights: list[float] | Literal["auto", "none"] = field(default_factory=lambda: [0.1, 3.0, 4.0])
+    weighted_sampling: bool = True  # draw batches with probability inverse to class frequency
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class CustomCnnConfig:
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # the 4 conv layers
+    dropout: float = 0.5
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class ResnetConfig:
+    # imagenet: torchvision's weights (download or TORCH_HOME); none: random init; otherwise a path to a .pth.
+    weights: str = "imagenet"
+    dropout: float = 0.5
+    head_lr: float = 1e-3
+    backbone_lr: float = 1e-4
+    # Progressive unfreezing: head only first, then layer4, layer3, ... one more every N epochs (0 = all at once).
+    unfreeze_every: int = 5
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class ModelsConfig:
+    names: list[Literal["custom_cnn", "resnet18"]] = field(default_factory=lambda: list(MODEL_NAMES))
+    custom_cnn: CustomCnnConfig = field(default_factory=CustomCnnConfig)
+    resnet18: ResnetConfig = field(default_factory=ResnetConfig)
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class EvaluateConfig:
+    splits: list[Literal["val", "test"]] = field(default_factory=lambda: ["val", "test"])  # missing ones skipped
+    select_split: Literal["val", "test"] = "val"  # the split the comparison summary ranks models on
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class GateConfig:
+    primary_metric: str = "macro_auc"  # ranks the two models to pick the challenger
+    split: Literal["val", "test"] = "val"
+    # Absolute thresholds: metric name -> minimum. "recall_<class>" is per-class recall.
+    min_metrics: dict[str, float] = field(
+        default_factory=lambda: {"macro_auc": 0.80, "balanced_accuracy": 0.55, "recall_cancer": 0.40}
+    )
+    must_beat_baseline: bool = True  # balanced accuracy above the majority-class baseline's
+    champion_tolerance: float = 0.01  # challenger may trail the re-scored champion by at most this much
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class ExportConfig:
+    opset: int = 20
+    parity_atol: float = 1e-4  # max |probability difference| ONNX Runtime vs torch on real images
+    parity_images: int = 64
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class StoreConfig:
+    uri: str = "./medpipe-store"  # a local directory, or s3://bucket/prefix
+    endpoint_url: str | None = None  # MinIO or another S3-compatible server
+    region: str | None = None
+    max_attempts: int = 5  # botocore retries with exponential backoff
+    multipart_threshold_mb: int = 64
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class ScoreConfig:
+    batch_size: int = 64
+    decode_workers: int = 2  # threads decoding images while the previous batch runs
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(kw_only=True, config=_STRICT)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "Config":
+        weights = self.train.class_weights
+        if isinstance(weights, list) and len(weights) != len(self.data.classes):
+            raise ValueError(
+                f"train.class_weights has {len(weights)} values but data.classes has {len(self.data.classes)} "
+                f"({self.data.classes}); give one weight per class, 'auto' or 'none'"
+            )
+        return self
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` override; the value is parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = [k for k in dotted.strip().split(".")]
+    if not all(keys):
+        raise ConfigError(f"override {assignment!r}: empty key in {dotted!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {dotted}: cannot parse value {raw!r}: {exc}") from exc
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input")
+        if not err["loc"]:  # a cross-field check: the message already names the keys
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "unexpected_keyword_argument" or err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {value!r})")
+        elif err["type"] == "value_error":
+            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"  {key}={value!r}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _default_tree() -> dict[str, Any]:
+    text = resources.files("medpipe.configs").joinpath(DEFAULT_CONFIG_NAME).read_text()
+    return yaml.safe_load(text) or {}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("label_aliases", "min_metrics"):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(tree: dict[str, Any], source: str = "<dict>") -> Config:
+    """Turn a nested dict into a validated Config; errors name every bad key and value."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    allowed = {f for f in Config.__dataclass_fields__}
+    unknown = sorted(set(tree) - allowed)
+    if unknown:
+        raise ConfigError(f"invalid configuration ({source}): unknown section(s) {unknown}; allowed: {sorted(allowed)}")
+    try:
+        return Config(**tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load the packaged defaults, merge a YAML file over them, then apply `section.key=value` overrides.
+
+    Args:
+        path: YAML file; None uses the packaged default config alone.
+        overrides: `--set` strings, applied in order.
+
+    Returns:
+        The validated Config.
+    """
+    tree = _default_tree()
+    source = "default config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(user, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of sections")
+        tree = _merge(tree, user)
+        source = str(path)
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+    return build_config(tree, source)
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain dict of the config (tuples become lists), for YAML/JSON."""
+
+    def _plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: _plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_plain(v) for v in value]
+        return value
+
+    return _plain(asdict(cfg))
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config saved by save_config / config_to_dict (no defaults merged in)."""
+    return build_config(tree, "saved config")
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path

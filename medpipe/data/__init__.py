@@ -1,0 +1,1 @@
+"""Dataset discovery, validation, decoded-array cache and on-device augmentation."""

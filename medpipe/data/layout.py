@@ -1,0 +1,144 @@
+"""Find the images of a dataset laid out as ROOT/{train,val,test}/{class}/* and check where they live."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medpipe.preprocess import IMAGE_EXTENSIONS
+
+__all__ = ["SPLITS", "REQUIRED_SPLITS", "Sample", "LayoutProblem", "DatasetLayout", "discover", "patient_id",
+           "resolve_inside"]
+
+_logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path  # absolute, resolved
+    rel: str  # POSIX path relative to the data root, e.g. "train/normal/x.jpg"
+    split: str
+    label: str  # canonical class name
+    label_index: int
+    patient: str
+
+
+@dataclass(frozen=True)
+class LayoutProblem:
+    check: str  # a name from medpipe.config.VALIDATION_CHECKS
+    path: str  # relative to the data root ("" for the root itself)
+    message: str
+
+
+@dataclass
+class DatasetLayout:
+    root: Path
+    classes: list[str]
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[LayoutProblem] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)  # splits present
+
+    def by_split(self, split: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == split]
+
+
+def resolve_inside(root: Path, candidate: Path) -> Path:
+    """Resolve `candidate` (following symlinks) and make sure it stays under `root`.
+
+    Raises:
+        ValueError: naming the path, when it escapes the root.
+    """
+    root = root.resolve()
+    resolved = candidate.resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValueError(f"{candidate} resolves to {resolved}, outside the data root {root}")
+    return resolved
+
+
+def patient_id(file_name: str, pattern: str) -> str | None:
+    """Patient id from a file name: the first group of `pattern` (case-insensitive), or None if it does not match."""
+    match = re.search(pattern, file_name, flags=re.IGNORECASE)
+    if not match:
+        return None
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def _class_for_folder(name: str, classes: list[str], aliases: dict[str, str]) -> str | None:
+    lowered = name.lower()
+    if lowered in classes:
+        return lowered
+    return aliases.get(lowered)
+
+
+def discover(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str) -> DatasetLayout:
+    """List every image under ROOT/{split}/{class}/ (recursively), in a stable sorted order.
+
+    Files are not opened here. Problems with the layout itself (missing split, empty class, unknown folder,
+    non-image file, symlink escaping the root) are collected, not raised, so validation can report all of them.
+
+    Raises:
+        FileNotFoundError: the root does not exist or is not a folder.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
+    root = root.resolve()
+    layout = DatasetLayout(root=root, classes=list(classes))
+    split_dirs = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    for entry in sorted(root.iterdir()):
+        if entry.is_dir() and entry.name.lower() not in SPLITS:
+            layout.problems.append(LayoutProblem("unknown_folder", entry.name, f"folder {entry.name!r} is not a split "
+                                                 f"({', '.join(SPLITS)}); ignored"))
+    for split in SPLITS:
+        split_dir = split_dirs.get(split)
+        if split_dir is None:
+            if split in REQUIRED_SPLITS:
+                layout.problems.append(LayoutProblem("missing_split", split, f"required split folder {split}/ is missing"))
+            continue
+        layout.splits.append(split)
+        _discover_split(layout, split, split_dir, aliases, patient_pattern)
+    return layout
+
+
+def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases: dict[str, str],
+                    patient_pattern: str) -> None:
+    counts = {c: 0 for c in layout.classes}
+    for class_dir in sorted(split_dir.iterdir()):
+        rel_dir = f"{split}/{class_dir.name}"
+        label = _class_for_folder(class_dir.name, layout.classes, aliases) if class_dir.is_dir() else None
+        if label is None:
+            kind = "unknown_folder" if class_dir.is_dir() else "not_an_image"
+            layout.problems.append(LayoutProblem(kind, rel_dir, f"{rel_dir} is not a class folder "
+                                                 f"(classes: {', '.join(layout.classes)}); ignored"))
+            continue
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
+            dirnames.sort()
+            for name in sorted(filenames):
+                file_path = Path(dirpath) / name
+                rel = file_path.relative_to(layout.root).as_posix()
+                try:
+                    resolved = resolve_inside(layout.root, file_path)
+                except ValueError as exc:
+                    layout.problems.append(LayoutProblem("outside_root", rel, str(exc)))
+                    continue
+                except OSError as exc:  # e.g. a symlink loop
+                    layout.problems.append(LayoutProblem("unreadable", rel, f"{rel}: cannot resolve path: {exc}"))
+                    continue
+                if file_path.suffix.lower() not in IMAGE_EXTENSIONS:
+                    layout.problems.append(LayoutProblem("not_an_image", rel, f"{rel}: extension {file_path.suffix!r} "
+                                                         f"is not one of {sorted(IMAGE_EXTENSIONS)}; ignored"))
+                    continue
+                patient = patient_id(name, patient_pattern) or Path(name).stem
+                layout.samples.append(Sample(path=resolved, rel=rel, split=split, label=label,
+                                             label_index=layout.classes.index(label), patient=patient))
+                counts[label] += 1
+    for label, count in counts.items():
+        if count == 0:
+            layout.problems.append(LayoutProblem("empty_class", f"{split}/{label}",
+                                                 f"split {split} has no images of class {label!r}"))

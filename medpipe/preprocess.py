@@ -1,0 +1,113 @@
+"""The one image preprocessing function used by caching, evaluation and scoring.
+
+Every image, whatever its format (JPEG/PNG, 8- or 16-bit, grayscale/RGB/RGBA/palette), becomes a single-channel
+uint8 array of size x size. Training, evaluation and ONNX scoring all go through `load_image`, so a model sees
+exactly the same pixels in production as in its evaluation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ImageError", "IMAGE_EXTENSIONS", "decode_image", "resize_image", "load_image", "PREPROCESS_VERSION"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+# Bumped whenever the pixels produced here change: it is part of the cache key and of exported model metadata.
+PREPROCESS_VERSION = "1"
+
+
+class ImageError(ValueError):
+    """An image cannot be used; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "unreadable") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+        self.kind = kind  # a validation check name: "unreadable" or "too_large"
+
+
+def _to_uint8_gray(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to 8-bit grayscale.
+
+    16-bit and 32-bit images are rescaled by their own min..max: medical PNGs often hold 10-12 bit data in a
+    16-bit container, and dividing by 257 would leave them nearly black.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        if hi <= lo:
+            return np.zeros(arr.shape, dtype=np.uint8)
+        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent pixels become black, the background of every medical image we know.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "L":
+        img = img.convert("RGB").convert("L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
+    """Decode an image file at its native size into a 2-D uint8 array.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (decompression-bomb guard).
+
+    Returns:
+        (H, W) uint8 array.
+
+    Raises:
+        ImageError: zero-byte, truncated, not an image, or too large — the message says which.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageError(path, "file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+                        kind="too_large",
+                    )
+                img.load()  # forces a full decode, so truncated files fail here and not later
+                img = ImageOps.exif_transpose(img)
+                return _to_uint8_gray(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(path, "not a recognised image format (expected JPEG or PNG)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(path, f"refused as a decompression bomb: {exc}", kind="too_large") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # PIL reports truncated data as OSError ("image file is truncated") and bad headers as SyntaxError.
+        raise ImageError(path, f"cannot decode image (truncated or corrupt): {exc}") from None
+
+
+def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
+    """Resize a (H, W) uint8 array to (size, size) with antialiased bilinear filtering."""
+    if arr.shape == (size, size):
+        return arr
+    img = Image.fromarray(arr, mode="L").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path: str | Path, size: int, max_pixels: int = 64_000_000) -> np.ndarray:
+    """Decode and resize one image: the preprocessing shared by training cache, evaluation and scoring.
+
+    Returns:
+        (size, size) uint8 array.
+    """
+    return resize_image(decode_image(path, max_pixels), size)
