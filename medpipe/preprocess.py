@@ -7,7 +7,6 @@ exactly the same pixels in production as in its evaluation.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,24 +71,25 @@ def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
         raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
     if size == 0:
         raise ImageError(path, "file is empty (0 bytes)")
+    # No warnings.catch_warnings() here: it swaps process-global state and this function runs in threads
+    # (validation, scoring). Image.open reads only the header, so the size check below refuses a bomb before
+    # any pixel is decoded; PIL's own DecompressionBombError (above 2 x Image.MAX_IMAGE_PIXELS) is caught too.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-                        kind="too_large",
-                    )
-                img.load()  # forces a full decode, so truncated files fail here and not later
-                img = ImageOps.exif_transpose(img)
-                return _to_uint8_gray(img)
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    "(data.max_pixels); refused without decoding", kind="too_large",
+                )
+            img.load()  # forces a full decode, so truncated files fail here and not later
+            img = ImageOps.exif_transpose(img)
+            return _to_uint8_gray(img)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(path, "not a recognised image format (expected JPEG or PNG)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageError(path, f"refused as a decompression bomb: {exc}", kind="too_large") from None
     except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports truncated data as OSError ("image file is truncated") and bad headers as SyntaxError.

@@ -65,3 +65,7 @@ def fast_config(tmp_path: Path) -> Config:
         "models.resnet18.weights=none",
         f"store.uri={tmp_path / 'store'}",
     ])
+
+
+# A real S3 server (moto's HTTP server on loopback) for every S3 path; defined in tests/s3_fixtures.py.
+from s3_fixtures import s3_server  # noqa: E402,F401

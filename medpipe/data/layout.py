@@ -81,6 +81,8 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
 
     Files are not opened here. Problems with the layout itself (missing split, empty class, unknown folder,
     non-image file, symlink escaping the root) are collected, not raised, so validation can report all of them.
+    Symlinked files and folders are followed when they stay inside the root and reported as `outside_root`
+    when they do not.
 
     Raises:
         FileNotFoundError: the root does not exist or is not a folder.
@@ -101,9 +103,24 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
             if split in REQUIRED_SPLITS:
                 layout.problems.append(LayoutProblem("missing_split", split, f"required split folder {split}/ is missing"))
             continue
+        if _resolve_or_report(layout, split_dir, split_dir.name) is None:
+            continue
         layout.splits.append(split)
         _discover_split(layout, split, split_dir, aliases, patient_pattern)
     return layout
+
+
+def _resolve_or_report(layout: DatasetLayout, path: Path, rel: str) -> Path | None:
+    """Resolve `path` inside the root; record an `outside_root` (escape) or `unreadable` (loop) problem otherwise."""
+    try:
+        return resolve_inside(layout.root, path)
+    except ValueError:
+        target = os.path.realpath(path)
+        layout.problems.append(LayoutProblem("outside_root", rel, f"{rel} is a symlink to {target}, outside the data "
+                                             f"root {layout.root}; expected files inside the root; ignored"))
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError for a symlink loop
+        layout.problems.append(LayoutProblem("unreadable", rel, f"{rel}: cannot resolve path: {exc}"))
+    return None
 
 
 def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases: dict[str, str],
@@ -117,28 +134,57 @@ def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases:
             layout.problems.append(LayoutProblem(kind, rel_dir, f"{rel_dir} is not a class folder "
                                                  f"(classes: {', '.join(layout.classes)}); ignored"))
             continue
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                file_path = Path(dirpath) / name
-                rel = file_path.relative_to(layout.root).as_posix()
-                try:
-                    resolved = resolve_inside(layout.root, file_path)
-                except ValueError as exc:
-                    layout.problems.append(LayoutProblem("outside_root", rel, str(exc)))
-                    continue
-                except OSError as exc:  # e.g. a symlink loop
-                    layout.problems.append(LayoutProblem("unreadable", rel, f"{rel}: cannot resolve path: {exc}"))
-                    continue
-                if file_path.suffix.lower() not in IMAGE_EXTENSIONS:
-                    layout.problems.append(LayoutProblem("not_an_image", rel, f"{rel}: extension {file_path.suffix!r} "
-                                                         f"is not one of {sorted(IMAGE_EXTENSIONS)}; ignored"))
-                    continue
-                patient = patient_id(name, patient_pattern) or Path(name).stem
-                layout.samples.append(Sample(path=resolved, rel=rel, split=split, label=label,
-                                             label_index=layout.classes.index(label), patient=patient))
+        resolved_dir = _resolve_or_report(layout, class_dir, rel_dir)
+        if resolved_dir is None:
+            continue
+        for file_path in _walk_files(layout, class_dir, resolved_dir):
+            sample = _make_sample(layout, file_path, split, label, patient_pattern)
+            if sample is not None:
+                layout.samples.append(sample)
                 counts[label] += 1
     for label, count in counts.items():
         if count == 0:
             layout.problems.append(LayoutProblem("empty_class", f"{split}/{label}",
                                                  f"split {split} has no images of class {label!r}"))
+
+
+def _walk_files(layout: DatasetLayout, top: Path, resolved_top: Path) -> list[Path]:
+    """Every file under `top`, sorted, following symlinked folders that stay inside the root.
+
+    os.walk(followlinks=False) would skip a symlinked folder without a word, so symlinked folders are checked
+    here: escaping ones are reported, ones already visited (loops) are reported and skipped, others are followed.
+    """
+    visited = {resolved_top}
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            sub = Path(dirpath) / name
+            rel = sub.relative_to(layout.root).as_posix()
+            target = _resolve_or_report(layout, sub, rel)
+            if target is None:
+                continue
+            if target in visited:
+                layout.problems.append(LayoutProblem("unknown_folder", rel, f"{rel} is a symlink to a folder that is "
+                                                     "already scanned (a loop or a repeat); ignored"))
+                continue
+            visited.add(target)
+            kept.append(name)
+        dirnames[:] = kept  # os.walk descends only into the folders left here
+        files.extend(Path(dirpath) / name for name in sorted(filenames))
+    return files
+
+
+def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str, patient_pattern: str) -> Sample | None:
+    rel = file_path.relative_to(layout.root).as_posix()
+    resolved = _resolve_or_report(layout, file_path, rel)
+    if resolved is None:
+        return None
+    if file_path.suffix.lower() not in IMAGE_EXTENSIONS:
+        layout.problems.append(LayoutProblem("not_an_image", rel, f"{rel}: extension {file_path.suffix!r} "
+                                             f"is not one of {sorted(IMAGE_EXTENSIONS)}; ignored"))
+        return None
+    name = file_path.name
+    patient = patient_id(name, patient_pattern) or Path(name).stem
+    return Sample(path=resolved, rel=rel, split=split, label=label, label_index=layout.classes.index(label),
+                  patient=patient)

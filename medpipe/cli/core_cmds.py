@@ -1,0 +1,112 @@
+"""Core sub-commands: validate, cache, train, evaluate, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.data.validate import format_validation_summary, validate_dataset
+
+    cfg = config_from_args(args)
+    report = validate_dataset(args.root, cfg, args.out)
+    print(format_validation_summary(report))
+    print(f"reports: {report.json_path}  {report.md_path}")
+    return 0 if report.ok else 1
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.data.cache import build_cache
+
+    print(build_cache(args.data, config_from_args(args)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.data.cache import build_cache
+    from medpipe.train import train_model
+
+    cfg = config_from_args(args)
+    cache_dir = build_cache(args.data, cfg)
+    names = args.model or cfg.models.names
+    for name in names:
+        out = train_model(cache_dir, name, cfg, Path(args.out) / name, resume=args.resume)
+        print(f"{name}: checkpoints and history in {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.data.cache import build_cache
+    from medpipe.evaluate import evaluate_model
+
+    cfg = config_from_args(args)
+    cache_dir = build_cache(args.data, cfg)
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.parent / "eval"
+    metrics_path = evaluate_model(checkpoint, cache_dir, cfg, out)
+    metrics = json.loads(Path(metrics_path).read_text())
+    for split, m in metrics["splits"].items():
+        b = m["baseline"]
+        print(f"{split}: balanced_accuracy {m['balanced_accuracy']:.3f} (baseline {b['balanced_accuracy']:.3f}), "
+              f"macro_auc {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}, "
+              f"accuracy {m['accuracy']:.3f} (baseline {b['accuracy']:.3f})")
+    print(f"metrics: {metrics_path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.pipeline import render_summary_markdown, run_pipeline
+
+    cfg = config_from_args(args)
+    summary_path = run_pipeline(args.data, cfg, args.out, resume=args.resume)
+    print(render_summary_markdown(json.loads(Path(summary_path).read_text())))
+    print(f"everything is under {Path(args.out).resolve()} (summary: {summary_path})")
+    return 0
+
+
+def register(subparsers, add_common) -> None:
+    p = subparsers.add_parser("validate", help="check a dataset folder; writes validation.json/.md",
+                              description="Validate ROOT/{train,val,test}/{class}/*; exit 1 on hard errors.")
+    p.add_argument("root", help="dataset root")
+    p.add_argument("--out", default="validation", help="folder for validation.json and validation.md")
+    add_common(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = subparsers.add_parser("cache", help="decode a dataset once into the uint8 training cache; prints its folder")
+    p.add_argument("--data", required=True, help="dataset root")
+    add_common(p)
+    p.set_defaults(func=_cmd_cache)
+
+    p = subparsers.add_parser("train", help="train custom_cnn and/or resnet18",
+                              description="Train on the train split, select the best epoch on val.")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--out", required=True, help="output folder; each model writes OUT/<model>/")
+    p.add_argument("--model", action="append", choices=["custom_cnn", "resnet18"],
+                   help="model to train (repeatable); default: models.names from the config")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/<model>/last.pt")
+    add_common(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="metrics, plots and model card for a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="best.pt written by train")
+    p.add_argument("--data", required=True, help="dataset root (its cache is reused)")
+    p.add_argument("--out", help="output folder (default: <checkpoint folder>/eval)")
+    add_common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser("run", help="validate -> train both models -> evaluate both -> summary",
+                              description="The whole core pipeline on one dataset; everything under --out.")
+    p.add_argument("--data", default="sample_data/mammo-ddsm-sample", help="dataset root (default: bundled sample)")
+    p.add_argument("--out", default="runs/latest", help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue interrupted trainings from last.pt")
+    add_common(p)
+    p.set_defaults(func=_cmd_run)

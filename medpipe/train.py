@@ -1,0 +1,166 @@
+"""Training: data on the device, augmentation on the device, cosine LR, early stopping, best/last checkpoints.
+
+One code path for CPU and GPU: bf16 autocast + channels_last on CUDA, fp32 on CPU. A seed makes CPU runs
+reproducible. `train_model` writes best.pt (by cfg.train.monitor on val), last.pt (for --resume), history.json
+and history.png into its output folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpipe.config import Config, config_from_dict, config_to_dict, save_config
+from medpipe.data.cache import load_cache
+from medpipe.preprocess import PREPROCESS_VERSION
+
+__all__ = ["train_model", "load_checkpoint", "resolve_device", "class_weight_vector", "TrainingError"]
+
+_logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
+    return name
+
+
+def class_weight_vector(setting: Any, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
+    """Loss weights per class: a configured list, 'auto' (inverse frequency, mean 1) or 'none'."""
+    if setting == "none":
+        return None
+    if setting == "auto":
+        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+        inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        return inverse * (num_classes / inverse.sum())
+    return np.asarray(setting, dtype=np.float64)
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _train_indices(data, cfg: Config) -> np.ndarray:
+    """Train rows to use: all, or without patients that also appear in val/test (honest, patient-disjoint val)."""
+    train = data.splits["train"]
+    keep = np.ones(len(train.labels), dtype=bool)
+    if cfg.data.leakage == "exclude_from_train":
+        held_out = {p for name, split in data.splits.items() if name != "train" for p in split.patients}
+        keep = np.array([p not in held_out for p in train.patients], dtype=bool)
+        if (~keep).any():
+            _logger.warning("excluding %d train images whose patients also appear in val/test", int((~keep).sum()))
+    return np.flatnonzero(keep)
+
+
+def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float) -> dict:
+    return {"model_name": model_name, "classes": data.classes, "image_size": data.image_size,
+            "manifest_hash": data.manifest_hash, "epoch": epoch, "monitor": cfg.train.monitor,
+            "best_score": score, "config": config_to_dict(cfg), "preprocess_version": PREPROCESS_VERSION,
+            "input": "float32 (N,1,H,W) raw pixels 0..255", "output": "logits"}
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """Rebuild the model saved in a checkpoint (best.pt / last.pt), in eval mode.
+
+    Returns:
+        (model, meta) — meta as written by training (model_name, classes, image_size, manifest_hash, ...).
+    """
+    import torch
+
+    from medpipe.models import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model_state" not in state or "meta" not in state:
+        raise ValueError(f"{path} is not a medpipe checkpoint (expected keys model_state and meta)")
+    meta = state["meta"]
+    tree = copy.deepcopy(meta["config"])
+    tree["models"]["resnet18"]["weights"] = "none"  # the checkpoint holds the weights; never download them again
+    model = build_model(meta["model_name"], config_from_dict(tree), len(meta["classes"]))
+    model.load_state_dict(state["model_state"])
+    model.to(device).eval()
+    return model, meta
+
+
+def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: str | Path,
+                resume: bool = False) -> Path:
+    """Train one model on the cached train split, selecting on val.
+
+    Args:
+        cache_dir: a folder written by medpipe.data.cache.build_cache.
+        model_name: "custom_cnn" or "resnet18".
+        cfg: the config (train, augment, models sections).
+        out_dir: where best.pt, last.pt, history.json, history.png and config.yaml go.
+        resume: continue from out_dir/last.pt.
+
+    Returns:
+        out_dir.
+    """
+    import torch
+
+    from medpipe.training_loop import TrainingState, run_epochs
+
+    out_dir = Path(out_dir)
+    last_path = out_dir / "last.pt"
+    if not resume and last_path.exists():
+        raise TrainingError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it, "
+                            f"or choose another output folder (nothing is overwritten)")
+    if resume and not last_path.exists():
+        raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    data = load_cache(cache_dir)
+    for split in ("train", "val"):
+        if split not in data.splits or len(data.splits[split].labels) == 0:
+            raise TrainingError(f"cache {cache_dir} has no {split} images; training needs train and val")
+    device = resolve_device(cfg.train.device)
+    state = TrainingState.create(model_name, cfg, data, _train_indices(data, cfg), device)
+    if resume:
+        state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
+        _logger.info("resuming %s from epoch %d", model_name, state.epoch)
+    started = time.perf_counter()
+
+    def _save(kind: str) -> None:
+        payload = {"model_state": state.model.state_dict(), "meta": _checkpoint_meta(
+            model_name, cfg, data, state.epoch, state.best_score)}
+        if kind == "last":
+            payload.update(state.resumable())
+        _atomic_torch_save(payload, out_dir / f"{kind}.pt")
+
+    run_epochs(state, cfg, data, device, on_best=lambda: _save("best"), on_epoch_end=lambda: _save("last"))
+    history_path = out_dir / "history.json"
+    summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+               "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
+               "train_images": int(len(state.train_rows)), "seconds": round(time.perf_counter() - started, 2),
+               "history": state.history}
+    tmp = history_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, history_path)
+    from medpipe.evaluate.plots import plot_history
+
+    plot_history(state.history, out_dir / "history.png")
+    _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,
+                 state.best_score, state.best_epoch, out_dir)
+    return out_dir
+

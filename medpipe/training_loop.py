@@ -1,0 +1,174 @@
+"""The epoch loop behind medpipe.train.train_model: device-resident data, on-device sampling and augmentation."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medpipe.config import Config
+from medpipe.data.augment import augment_batch, mixup, weighted_indices
+from medpipe.models import build_model, param_groups, unfreeze_for_epoch
+
+__all__ = ["TrainingState", "run_epochs", "is_better"]
+
+_logger = logging.getLogger(__name__)
+_LOWER_IS_BETTER = {"loss"}
+
+
+def is_better(score: float, best: float, monitor: str) -> bool:
+    if score is None or math.isnan(score):
+        return best is None or math.isnan(best)  # keep a first checkpoint even when the metric is undefined
+    if best is None or math.isnan(best):
+        return True
+    return score < best if monitor in _LOWER_IS_BETTER else score > best
+
+
+@dataclass
+class TrainingState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    rng: np.random.Generator
+    train_rows: np.ndarray
+    x_train: torch.Tensor  # uint8 (N, 1, H, W) on the device
+    y_train: torch.Tensor  # int64 (N,) on the device
+    sample_weights: torch.Tensor | None
+    loss_weights: torch.Tensor | None
+    epoch: int = 0  # epochs completed
+    best_score: float = float("nan")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, model_name: str, cfg: Config, data, train_rows: np.ndarray, device: str) -> "TrainingState":
+        from medpipe.train import class_weight_vector
+
+        torch.manual_seed(cfg.train.seed)
+        train = data.splits["train"]
+        num_classes = len(data.classes)
+        labels = train.labels[train_rows]
+        model = build_model(model_name, cfg, num_classes)
+        images = train.images[train_rows]
+        # Normalisation from the training pixels; saved in the state dict, so ONNX carries it too.
+        model.normalize.mean.fill_(float(images.mean()))
+        model.normalize.std.fill_(float(images.std()) or 1.0)
+        model.to(device)
+        if device == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
+                     if cfg.train.scheduler == "cosine" else None)
+        generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        counts = np.bincount(labels, minlength=num_classes)
+        sample_weights = None
+        if cfg.train.weighted_sampling:
+            per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+            sample_weights = torch.tensor(per_class[labels], dtype=torch.float32, device=device)
+        cw = class_weight_vector(cfg.train.class_weights, labels, num_classes)
+        loss_weights = None if cw is None else torch.tensor(cw, dtype=torch.float32, device=device)
+        return cls(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
+                   rng=np.random.default_rng(cfg.train.seed), train_rows=train_rows,
+                   x_train=torch.from_numpy(images).unsqueeze(1).to(device),
+                   y_train=torch.from_numpy(labels).to(device), sample_weights=sample_weights,
+                   loss_weights=loss_weights)
+
+    def resumable(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "progress": {
+                    "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
+                    "bad_epochs": self.bad_epochs, "history": self.history}}
+
+    def restore(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model_state"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler and saved.get("scheduler"):
+            self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        self.rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        for key, value in saved["progress"].items():
+            setattr(self, key, value)
+
+
+def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes: int) -> float:
+    state.model.train()
+    n = len(state.y_train)
+    batch = min(cfg.train.batch_size, n)
+    steps = math.ceil(n / batch)
+    order = None if state.sample_weights is not None else torch.randperm(n, generator=state.generator, device=device)
+    total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    for step in range(steps):
+        if state.sample_weights is not None:
+            idx = weighted_indices(state.sample_weights, batch, state.generator)
+        else:
+            idx = order[step * batch:(step + 1) * batch]
+        x = augment_batch(state.x_train[idx].float(), cfg.augment, state.generator)
+        y = F.one_hot(state.y_train[idx], num_classes).float()
+        x, y = mixup(x, y, cfg.augment.mixup_alpha if cfg.augment.enabled else 0.0, state.generator, state.rng)
+        if device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = state.model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=state.loss_weights, label_smoothing=cfg.train.label_smoothing)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        total += loss.detach()
+    return float(total.item()) / steps
+
+
+def _validate(state: TrainingState, cfg: Config, data, device: str) -> dict:
+    from medpipe.evaluate.metrics import compute_metrics
+    from medpipe.evaluate.predict import predict_probs
+
+    val = data.splits["val"]
+    probs = predict_probs(state.model, val.images, device=device, batch_size=cfg.train.eval_batch_size)
+    nll = -np.log(np.clip(probs[np.arange(len(val.labels)), val.labels], 1e-12, None))
+    metrics = compute_metrics(val.labels, probs, data.classes)
+    return {"val_loss": float(nll.mean()), **{f"val_{k}": metrics[k] for k in
+                                              ("macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy")}}
+
+
+def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Callable[[], None],
+               on_epoch_end: Callable[[], None]) -> None:
+    """Train until cfg.train.epochs or early stopping; calls on_best / on_epoch_end to checkpoint."""
+    num_classes = len(data.classes)
+    monitor = cfg.train.monitor
+    bar = tqdm(range(state.epoch, cfg.train.epochs), desc=f"train {type(state.model).__name__}", unit="epoch",
+               disable=None)
+    for epoch in bar:
+        stages = unfreeze_for_epoch(state.model, epoch, cfg.models.resnet18.unfreeze_every)
+        train_loss = _train_one_epoch(state, cfg, device, num_classes)
+        if state.scheduler is not None:
+            state.scheduler.step()
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(state, cfg, data, device),
+                  "lr": state.optimizer.param_groups[-1]["lr"], "trainable_stages": stages}
+        state.history.append(record)
+        state.epoch = epoch + 1
+        score = record["val_loss"] if monitor == "loss" else record[f"val_{monitor}"]
+        score = float("nan") if score is None else float(score)
+        if is_better(score, state.best_score, monitor):
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            on_best()
+        else:
+            state.bad_epochs += 1
+        bar.set_postfix(loss=f"{train_loss:.3f}", **{monitor: f"{score:.3f}"})
+        _logger.info("epoch %d: train_loss %.4f val %s %.4f", state.epoch, train_loss, monitor, score)
+        if state.bad_epochs >= cfg.train.patience:
+            state.stopped_early = True
+        on_epoch_end()
+        if state.stopped_early:
+            _logger.info("early stop: no %s improvement for %d epochs", monitor, cfg.train.patience)
+            break
