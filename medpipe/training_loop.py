@@ -164,7 +164,7 @@ def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Ca
             on_best()
         else:
             state.bad_epochs += 1
-        bar.set_postfix(loss=f"{train_loss:.3f}", **{monitor: f"{score:.3f}"})
+        bar.set_postfix({"train_loss": f"{train_loss:.3f}", f"val_{monitor}": f"{score:.3f}"})
         _logger.info("epoch %d: train_loss %.4f val %s %.4f", state.epoch, train_loss, monitor, score)
         if state.bad_epochs >= cfg.train.patience:
             state.stopped_early = True

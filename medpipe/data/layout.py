@@ -101,7 +101,8 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
         split_dir = split_dirs.get(split)
         if split_dir is None:
             if split in REQUIRED_SPLITS:
-                layout.problems.append(LayoutProblem("missing_split", split, f"required split folder {split}/ is missing"))
+                layout.problems.append(LayoutProblem("missing_split", split,
+                                                     f"required split folder {split}/ is missing"))
             continue
         if _resolve_or_report(layout, split_dir, split_dir.name) is None:
             continue

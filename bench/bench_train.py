@@ -1,0 +1,160 @@
+"""Training throughput: medpipe's device-resident data path vs. its ceiling vs. the original PIL+DataLoader path.
+
+For each model it times whole training steps (forward, backward, optimizer) and prints images/s for:
+  ceiling   - the same step fed one pre-made device tensor (no sampling, no augmentation): the upper bound
+  medpipe   - medpipe's real path: weighted index draw on the device, on-device augmentation, mixup, step
+  pil       - the original classifier's path: JPEG decode + PIL/torchvision transforms in DataLoader workers
+              every epoch, then host->device copy and the same step
+
+Usage:
+  python bench/bench_train.py --data sample_data/mammo-ddsm-sample --size 64 --steps 20
+  python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 224 --steps 50 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medpipe.config import load_config
+from medpipe.data.augment import augment_batch, mixup, weighted_indices
+from medpipe.data.layout import discover
+from medpipe.models import build_model, param_groups
+from medpipe.preprocess import load_image
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step_fn(model, optimizer, device: str, num_classes: int, cfg):
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if device == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+            logits = model(x)
+        target = y if y.dtype.is_floating_point else F.one_hot(y, num_classes).float()
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.train.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def _timed(run_step, steps: int, warmup: int, batch: int, device: str) -> float:
+    for _ in range(warmup):
+        run_step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        run_step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def _load_arrays(samples, size: int) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([load_image(s.path, size) for s in samples])
+    labels = np.array([s.label_index for s in samples], dtype=np.int64)
+    return images, labels
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    """What the original classifier did: decode the file and run PIL transforms every time an image is drawn."""
+
+    def __init__(self, samples, size: int):
+        from torchvision import transforms as T
+
+        self.samples = samples
+        self.transform = T.Compose([
+            T.Grayscale(1), T.RandomRotation(30), T.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.7, 1.3)),
+            T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3), T.PILToTensor(), T.RandomErasing(p=0.3)])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        with Image.open(self.samples[index].path) as img:
+            x = self.transform(img.convert("L")).float()
+        return x, self.samples[index].label_index
+
+
+def bench_model(name: str, samples, cfg, args) -> dict:
+    device, size, batch = args.device, args.size, args.batch
+    num_classes = len(cfg.data.classes)
+    torch.manual_seed(0)
+    model = build_model(name, cfg, num_classes).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-3)
+    step = _step_fn(model, optimizer, device, num_classes, cfg)
+    gen = torch.Generator(device=device).manual_seed(0)
+    rng = np.random.default_rng(0)
+    images, labels = _load_arrays(samples, size)
+    x_dev = torch.from_numpy(images).unsqueeze(1).to(device)
+    y_dev = torch.from_numpy(labels).to(device)
+    counts = np.bincount(labels, minlength=num_classes)
+    weights = torch.tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.float32, device=device)
+    fixed_x, fixed_y = x_dev[:batch].float(), y_dev[:batch]
+    if len(fixed_y) < batch:  # tiny datasets: repeat to a full batch
+        reps = -(-batch // len(fixed_y))
+        fixed_x, fixed_y = fixed_x.repeat(reps, 1, 1, 1)[:batch], fixed_y.repeat(reps)[:batch]
+
+    def medpipe_step() -> None:
+        idx = weighted_indices(weights, batch, gen)
+        x = augment_batch(x_dev[idx].float(), cfg.augment, gen)
+        y = F.one_hot(y_dev[idx], num_classes).float()
+        x, y = mixup(x, y, cfg.augment.mixup_alpha, gen, rng)
+        step(x, y)
+
+    results = {"ceiling": _timed(lambda: step(fixed_x, fixed_y), args.steps, args.warmup, batch, device),
+               "medpipe": _timed(medpipe_step, args.steps, args.warmup, batch, device)}
+    loader = torch.utils.data.DataLoader(
+        _PilDataset(samples, size), batch_size=batch, num_workers=args.workers, drop_last=True,
+        sampler=torch.utils.data.WeightedRandomSampler(weights.cpu().double(), num_samples=10**9),
+        pin_memory=device == "cuda", persistent_workers=args.workers > 0)
+    batches = iter(loader)
+
+    def pil_step() -> None:
+        x, y = next(batches)
+        step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+
+    results["pil"] = _timed(pil_step, args.steps, args.warmup, batch, device)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="sample_data/mammo-ddsm-sample", help="dataset root (train split is used)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the PIL path")
+    parser.add_argument("--max-images", type=int, default=2000, help="images loaded for the device paths")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=["custom_cnn", "resnet18"])
+    args = parser.parse_args()
+    cfg = load_config(None, [f"data.image_size={args.size}", "models.resnet18.weights=none"])
+    layout = discover(Path(args.data), cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
+    samples = layout.by_split("train")[: args.max_images]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device_name}; torch {torch.__version__}; {len(samples)} train images from {args.data}; "
+          f"{args.size}px, batch {args.batch}, {args.steps} timed steps")
+    print(f"{'model':<12}{'ceiling img/s':>15}{'medpipe img/s':>15}{'% of ceiling':>14}{'PIL+DataLoader':>16}{'speed-up':>10}")
+    for name in args.models:
+        r = bench_model(name, samples, cfg, args)
+        print(f"{name:<12}{r['ceiling']:>15.1f}{r['medpipe']:>15.1f}{100 * r['medpipe'] / r['ceiling']:>13.1f}%"
+              f"{r['pil']:>16.1f}{r['medpipe'] / r['pil']:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()

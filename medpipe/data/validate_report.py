@@ -1,0 +1,125 @@
+"""Render a validation report: JSON for machines, Markdown for people, a few lines for the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medpipe.data.validate import ValidationReport
+
+__all__ = ["write_report", "render_markdown", "format_validation_summary"]
+
+MAX_LISTED = 50  # findings listed per severity in the Markdown; the JSON always holds all of them
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a temp file beside `path`, then rename it: no reader sees half a report; a failed write keeps the old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for everyone who can see the run folder
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    """Write the report dict as JSON and as Markdown, each atomically."""
+    _write_atomic(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    _write_atomic(md_path, render_markdown(report))
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _size(wh: list[int]) -> str:
+    return f"{wh[0]}x{wh[1]}"
+
+
+def _counts_section(r: dict[str, Any]) -> list[str]:
+    classes = r["classes"]
+    rows = [[s, *[r["counts"][s][c] for c in classes], sum(r["counts"][s].values()), r["imbalance_ratio"][s]]
+            for s in r["splits"]]
+    return ["## Images per split and class (readable)", "",
+            *_table(["split", *classes, "total", "imbalance (max/min)"], rows)]
+
+
+def _patients_section(r: dict[str, Any]) -> list[str]:
+    p = r["patients"]
+    lines = ["## Patients", "", *_table(["split", "patients", "file names not matching the pattern"],
+                                         [[s, p["per_split"][s], p["unmatched_pattern"][s]] for s in r["splits"]])]
+    for pair, o in p["overlap"].items():
+        a, b = pair.split("/")
+        lines.append(f"- **{a} and {b} share {o['patients']} patients** ({o['images'][a]} {a} images, "
+                     f"{o['images'][b]} {b} images)")
+    if not p["overlap"]:
+        lines.append("- no patient appears in two splits")
+    return lines + [""]
+
+
+def _images_section(r: dict[str, Any]) -> list[str]:
+    rows = [[s, _size(i["min_size"]), _size(i["max_size"]),
+             f"{_size(i['most_common_size'])} ({i['most_common_count']})",
+             ", ".join(f"{m} {n}" for m, n in i["modes"].items())] for s, i in r["images"].items()]
+    d = r["duplicates"]
+    return ["## Image sizes and modes", "", *_table(["split", "min", "max", "most common", "modes"], rows),
+            "## Duplicates", "",
+            f"- identical-pixel groups: {d['groups']} (within a split {d['within_split']}, across splits "
+            f"{d['cross_split']}, under two labels {d['label_conflict']})",
+            f"- near-duplicate pairs (perceptual hash distance <= "
+            f"{r['settings']['near_duplicate_distance']}): {d['near_duplicate_pairs']}", ""]
+
+
+def _findings_section(title: str, findings: list[dict[str, Any]]) -> list[str]:
+    lines = [f"## {title} ({len(findings)})", ""]
+    if not findings:
+        return lines + ["none", ""]
+    lines += [f"- `{f['check']}`: {f['message']}" for f in findings[:MAX_LISTED]]
+    if len(findings) > MAX_LISTED:
+        lines.append(f"- ... and {len(findings) - MAX_LISTED} more (see validation.json)")
+    return lines + [""]
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """A readable version of the report dict (the JSON written beside it is the complete one)."""
+    status = "OK" if r["ok"] else "FAILED"
+    t = r["timing"]
+    lines = [f"# Dataset validation: {status}", "",
+             f"- root: `{r['root']}`", f"- classes: {', '.join(r['classes'])}; splits: {', '.join(r['splits'])}",
+             f"- image files: {r['n_files']} ({r['n_usable']} readable)",
+             f"- content hash: `{r['content_hash']}`",
+             f"- time: {t['total_s']} s ({t['images_per_s']} images/s decoding)", "",
+             *_counts_section(r), *_patients_section(r), *_images_section(r),
+             "## Checks", "",
+             *_table(["check", "severity", "findings"],
+                     [[c, v["severity"], v["count"]] for c, v in r["checks"].items()]),
+             *_findings_section("Errors", r["errors"]), *_findings_section("Warnings", r["warnings"])]
+    return "\n".join(lines)
+
+
+def format_validation_summary(report: ValidationReport) -> str:
+    """A few lines for the CLI: status, counts, which checks fired, where the report is."""
+    s = report.stats
+    per_split = ", ".join(f"{sp} {sum(s['counts'][sp].values())}" for sp in s["splits"])
+    lines = [f"validation {'OK' if report.ok else 'FAILED'}: {s['n_usable']}/{s['n_files']} images readable "
+             f"({per_split}); {len(report.errors)} errors, {len(report.warnings)} warnings"]
+    for label, findings in (("errors", report.errors), ("warnings", report.warnings)):
+        fired: dict[str, int] = {}
+        for f in findings:
+            fired[f.check] = fired.get(f.check, 0) + 1
+        if fired:
+            lines.append(f"  {label}: " + ", ".join(f"{c} {n}" for c, n in sorted(fired.items())))
+    for pair, o in s["patients"]["overlap"].items():
+        lines.append(f"  patients shared by {pair.replace('/', ' and ')}: {o['patients']}")
+    lines.append(f"  report: {report.md_path} (and {report.json_path.name})")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""The model card: a Markdown page saying what the model is for, what it was trained on, and how well it does
+beside the majority-class baseline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_model_card"]
+
+_logger = logging.getLogger(__name__)
+
+_AGGREGATES = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("f1_weighted", "weighted F1"),
+    ("f1_macro", "macro F1"),
+    ("macro_auc", "macro AUC (one-vs-rest)"),
+)
+_PER_CLASS = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"), ("roc_auc", "AUC"),
+              ("average_precision", "AP"))
+_PLOT_TITLES = {
+    "confusion": "Confusion matrix",
+    "confusion_normalized": "Confusion matrix (row-normalised)",
+    "roc": "ROC curves",
+    "pr": "Precision-recall curves",
+}
+
+_INTENDED_USE = """\
+## Intended use and limits
+
+- **Research use only. This is not a medical device** and must not be used for diagnosis, screening or any
+  clinical decision. It has not been validated prospectively or on any population beyond its test split.
+- Input: single mammography crops/views, read as one grey channel and resized to {size} x {size} pixels by
+  `medpipe.preprocess.load_image` (the same function for training, evaluation and scoring).
+- Output: probabilities for {classes}. The arg-max is a research label, not a finding.
+- **Known dataset caveat**: in DDSM-derived data, normal images and lesion (benign/cancer) images come from
+  different scanning programmes (scanners, digitisers, years). A model can separate "normal" from the rest by
+  acquisition artefacts rather than anatomy, so the normal-vs-lesion metrics below are likely optimistic.
+  The benign-vs-cancer numbers are the more meaningful ones.
+- Metrics come from a single split each, without confidence intervals; small classes make them noisy.
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        # Three decimals for scores; small settings (weight decay 2e-4) would read as 0.000, keep their digits.
+        return f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _data_section(metrics: dict[str, Any]) -> list[str]:
+    classes = metrics["classes"]
+    lines = ["## Data", "", f"- dataset manifest hash: `{metrics.get('manifest_hash', 'unknown')}`"]
+    trained_on = metrics.get("checkpoint_manifest_hash")
+    if trained_on and trained_on != metrics.get("manifest_hash"):
+        lines.append(f"- **the model was trained on a different dataset version**: `{trained_on}`")
+    lines += ["", "Images per class in each split:", ""]
+    # Splits that were not evaluated (train) come from split_counts and go first, in pipeline order.
+    counts = metrics.get("split_counts") or {}
+    rows = [[split, sum(c.values()), *(c.get(name, 0) for name in classes)]
+            for split, c in counts.items() if split not in metrics["splits"]]
+    rows += [[split, m["n"], *(m["per_class"][c]["support"] for c in classes)]
+             for split, m in metrics["splits"].items()]
+    return lines + _table(["split", "n", *classes], rows) + [""]
+
+
+def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dict[str, str]) -> list[str]:
+    base = m["baseline"]
+    source = {"given": "training split", "split": f"{split} split"}.get(base.get("majority_source"), "unknown")
+    lines = [f"## Split `{split}` (n = {m['n']})", "",
+             f"Baseline: always predict **{base['majority_class']}** (the majority class of the {source}).", ""]
+    lines += _table(["metric", "model", "majority baseline"],
+                    [[label, m.get(key), base.get(key)] for key, label in _AGGREGATES])
+    lines += ["", "Per class (n/a = undefined on this split, e.g. a class without positives):", ""]
+    rows = [[c, m["per_class"][c]["support"], *(m["per_class"][c][k] for k, _ in _PER_CLASS)] for c in classes]
+    lines += _table(["class", "support", *(label for _, label in _PER_CLASS)], rows)
+    lines += ["", "Confusion matrix (rows = true, columns = predicted):", ""]
+    cm_rows = [[f"**{c}**", *row] for c, row in zip(classes, m["confusion_matrix"])]
+    lines += _table(["true \\ predicted", *classes], cm_rows) + [""]
+    for kind, title in _PLOT_TITLES.items():
+        rel = plots.get(f"{split}_{kind}")
+        if rel:
+            lines += [f"![{title} ({split})]({rel})", ""]
+    return lines
+
+
+def _config_section(config: dict[str, Any], training: dict[str, Any] | None, model_name: str) -> list[str]:
+    data, train = config.get("data", {}), config.get("train", {})
+    model_cfg = config.get("models", {}).get(model_name, {})
+    training = training or {}
+    rows = [
+        ["model", model_name],
+        ["model settings", ", ".join(f"{k}={v}" for k, v in model_cfg.items()) or None],
+        ["classes", ", ".join(data.get("classes", [])) or None],
+        ["image size", data.get("image_size")],
+        ["epochs run / max", f"{_fmt(training.get('epochs_run'))} / {_fmt(train.get('epochs'))}"],
+        ["best epoch", training.get("best_epoch")],
+        ["stopped early", training.get("stopped_early")],
+        ["train images used", training.get("train_images")],
+        ["monitor (best score)", f"{_fmt(training.get('monitor') or train.get('monitor'))} "
+                                 f"({_fmt(training.get('best_score'))})"],
+        ["batch size", train.get("batch_size")],
+        ["learning rate / weight decay", f"{_fmt(train.get('lr'))} / {_fmt(train.get('weight_decay'))}"],
+        ["class weights", train.get("class_weights")],
+        ["weighted sampling", train.get("weighted_sampling")],
+        ["label smoothing", train.get("label_smoothing")],
+        ["augmentation", {True: "on", False: "off"}.get(config.get("augment", {}).get("enabled"))],
+        ["leakage handling", data.get("leakage")],
+        ["seed", train.get("seed")],
+        ["preprocess version", training.get("preprocess_version")],
+    ]
+    return ["## Key configuration", ""] + _table(["setting", "value"], rows) + [""]
+
+
+def _write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, Any], config: dict[str, Any],
+                     manifest_hash: str, plots: dict[str, str], training: dict[str, Any] | None) -> Path:
+    """Write the Markdown model card.
+
+    Args:
+        path: the .md file to write (atomically).
+        model_name: e.g. "resnet18".
+        metrics: the metrics.json content (`classes`, `splits.<name>` as `compute_metrics` returns).
+        config: the training configuration as a plain dict (config_to_dict).
+        manifest_hash: hash of the dataset manifest the metrics were computed on.
+        plots: plot name -> path relative to the card, names `<split>_confusion`, `<split>_confusion_normalized`,
+            `<split>_roc`, `<split>_pr` and optionally `history`.
+        training: facts about the training run (epochs_run, best_epoch, stopped_early, monitor, best_score,
+            train_images, preprocess_version) or None when unknown.
+
+    Returns:
+        The path written.
+    """
+    classes = list(metrics["classes"])
+    metrics = {**metrics, "manifest_hash": manifest_hash}
+    size = config.get("data", {}).get("image_size", "?")
+    lines = [f"# Model card: {model_name}", ""]
+    if metrics.get("version"):
+        lines += [f"Version: `{metrics['version']}`", ""]
+    lines += _INTENDED_USE.format(size=size, classes=", ".join(classes)).splitlines() + [""]
+    lines += _data_section(metrics)
+    for split, split_metrics in metrics["splits"].items():
+        lines += _split_section(split, split_metrics, classes, plots)
+    if not metrics["splits"]:
+        lines += ["## Metrics", "", "No split was evaluated.", ""]
+    if plots.get("history"):
+        lines += ["## Training curves", "", f"![training curves]({plots['history']})", ""]
+    lines += _config_section(config, training, model_name)
+    written = _write_text_atomic(Path(path), "\n".join(lines).rstrip("\n") + "\n")
+    _logger.info("wrote model card %s", written)
+    return written

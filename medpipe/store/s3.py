@@ -1,0 +1,245 @@
+"""S3 backend (AWS S3, MinIO and other S3-compatible servers) over boto3.
+
+Credentials come only from boto3's standard chain (environment variables, AWS config/credential files, instance
+or container roles); this module never reads, stores, prints or logs them, and its error messages never quote
+a server message that could echo a request. Retries use botocore's "standard" mode (exponential backoff with
+jitter, ``max_attempts`` tries in all). Files go through boto3's transfer manager, which switches to a parallel
+multipart upload above ``multipart_threshold_mb``; since multipart ETags are not content hashes, every object
+carries its sha256 in user metadata (``x-amz-meta-sha256``).
+
+botocore errors are turned into :class:`StoreError` with one of a few plain messages: the bucket does not exist,
+access denied / invalid credentials, the endpoint cannot be reached, or the object does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import boto3.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from medpipe.store.base import SHA256_METADATA, ObjectNotFoundError, Store, StoreError, validate_key
+
+__all__ = ["S3Store", "parse_s3_uri"]
+
+_logger = logging.getLogger(__name__)
+
+_MIB = 1024 * 1024
+_MIN_PART = 5 * _MIB  # S3 refuses multipart parts below 5 MiB (except the last)
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_CREDENTIAL_CODES = {
+    "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "InvalidClientTokenId", "AllAccessDisabled", "AccountProblem", "403", "Forbidden",
+}
+_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+_UNREACHABLE = (BotoConnectionError, ConnectionClosedError, ReadTimeoutError)
+_NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/prefix`` into (bucket, prefix) with the prefix '' or ending in '/'."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "s3" or parsed.query or parsed.fragment:
+        raise StoreError(f"store uri {uri!r} must look like s3://bucket/prefix")
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        raise StoreError(
+            f"store uri {uri!r}: bucket name {bucket!r} must be 3-63 characters of a-z 0-9 . - "
+            "starting and ending with a letter or digit"
+        )
+    if prefix:
+        validate_key(prefix)
+        prefix += "/"
+    return bucket, prefix
+
+
+def _display_endpoint(url: str) -> str:
+    """The endpoint without any user:password part, for messages."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The botocore error behind boto3's transfer wrappers (S3UploadFailedError, RetriesExceededError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (ClientError, BotoCoreError)):
+            return current
+        last = getattr(current, "last_exception", None)
+        current = last if isinstance(last, BaseException) else (current.__cause__ or current.__context__)
+    return exc
+
+
+class S3Store(Store):
+    """Objects under ``s3://bucket/prefix``; the bucket must exist (checked once, on first use)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 5,
+        multipart_threshold_mb: int = 64,
+    ) -> None:
+        if max_attempts < 1 or multipart_threshold_mb < 1:
+            raise StoreError(
+                f"store.max_attempts and store.multipart_threshold_mb must be >= 1, "
+                f"got {max_attempts} and {multipart_threshold_mb}"
+            )
+        self._bucket, self._prefix = parse_s3_uri(uri)
+        self._max_attempts = max_attempts
+        options: dict[str, Any] = {"retries": {"max_attempts": max_attempts, "mode": "standard"}}
+        if endpoint_url:
+            # MinIO and most self-hosted servers only route path-style requests, and several of them reject
+            # the CRC checksums that botocore >= 1.36 adds by default; ask for checksums only where required.
+            options.update(
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+        session = boto3.session.Session(region_name=region)
+        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=BotoConfig(**options))
+        self._endpoint = _display_endpoint(self._client.meta.endpoint_url)
+        threshold = multipart_threshold_mb * _MIB
+        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, _MIN_PART))
+        self._bucket_checked = False
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket
+
+    def _full(self, key: str) -> str:
+        return self._prefix + key
+
+    def _translate(self, exc: BaseException, action: str, key: str) -> StoreError:
+        cause = _root_cause(exc)
+        where = self._uri(key)
+        if isinstance(cause, ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                return StoreError(f"bucket {self._bucket} does not exist at endpoint {self._endpoint}")
+            if code in _CREDENTIAL_CODES or status == 403:
+                return StoreError(
+                    f"access denied / invalid credentials for bucket {self._bucket} at endpoint {self._endpoint} "
+                    f"({code or status} on {action} {where}; credentials come from the environment/AWS config; "
+                    "not shown)"
+                )
+            if code in _MISSING_KEY_CODES or status == 404:
+                return ObjectNotFoundError(f"object {where} does not exist")
+            return StoreError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status})")
+        if isinstance(cause, _NO_CREDENTIALS):
+            return StoreError(
+                f"no usable credentials for bucket {self._bucket}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                f"AWS_PROFILE or another AWS config source ({type(cause).__name__}; values are never shown)"
+            )
+        if isinstance(cause, _UNREACHABLE):
+            return StoreError(
+                f"cannot reach endpoint {self._endpoint} to {action} {where} after {self._max_attempts} "
+                f"attempt(s): {type(cause).__name__}"
+            )
+        return StoreError(f"cannot {action} {where}: {type(cause).__name__}: {cause}")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except (ClientError, BotoCoreError, boto3.exceptions.Boto3Error) as exc:
+            raise self._translate(exc, action, key) from exc
+
+    def _check_bucket(self) -> None:
+        """HEAD the bucket once, so that a missing bucket is not mistaken for a missing object later."""
+        if self._bucket_checked:
+            return
+        try:
+            self._client.head_bucket(Bucket=self._bucket)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise StoreError(f"bucket {self._bucket} does not exist at endpoint {self._endpoint}") from exc
+            raise self._translate(exc, "open", "") from exc
+        except (BotoCoreError, boto3.exceptions.Boto3Error) as exc:
+            raise self._translate(exc, "open", "") from exc
+        self._bucket_checked = True
+
+    def _put_file(self, key: str, path: Path, metadata: dict[str, str]) -> None:
+        self._check_bucket()
+        with self._errors("upload", key):
+            self._client.upload_file(
+                str(path), self._bucket, self._full(key), ExtraArgs={"Metadata": metadata}, Config=self._transfer
+            )
+
+    def _put_bytes(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+        self._check_bucket()
+        with self._errors("upload", key):
+            self._client.put_object(Bucket=self._bucket, Key=self._full(key), Body=data, Metadata=metadata)
+
+    def _get_file(self, key: str, tmp: Path) -> None:
+        self._check_bucket()
+        with self._errors("download", key):
+            self._client.download_file(self._bucket, self._full(key), str(tmp), Config=self._transfer)
+
+    def _get_bytes(self, key: str) -> bytes:
+        self._check_bucket()
+        with self._errors("download", key):
+            response = self._client.get_object(Bucket=self._bucket, Key=self._full(key))
+            return response["Body"].read()
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def _list(self, prefix: str) -> list[str]:
+        self._check_bucket()
+        keys: list[str] = []
+        with self._errors("list", prefix):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._full(prefix)
+            )
+            for page in pages:
+                keys.extend(obj["Key"][len(self._prefix):] for obj in page.get("Contents", []))
+        return keys
+
+    def _head(self, key: str) -> dict[str, Any]:
+        self._check_bucket()
+        with self._errors("read", key):
+            response = self._client.head_object(Bucket=self._bucket, Key=self._full(key))
+        metadata = dict(response.get("Metadata", {}))
+        modified = response.get("LastModified")
+        return {
+            "key": key,
+            "size": int(response.get("ContentLength", 0)),
+            "sha256": metadata.pop(SHA256_METADATA, None),
+            "etag": str(response.get("ETag", "")).strip('"') or None,
+            "last_modified": modified.isoformat() if modified is not None else None,
+            "metadata": metadata,
+        }
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self._bucket}/{self._prefix}{key}"
