@@ -81,7 +81,11 @@ def _random_erase(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tens
               & (cols >= x0.view(n, 1, 1)) & (cols < (x0 + ew).view(n, 1, 1)))
     chosen = (torch.rand(n, generator=gen, device=device) < p).view(n, 1, 1)
     mask = (inside & chosen).unsqueeze(1)
-    noise = torch.rand(x.shape, generator=gen, device=device, dtype=x.dtype) * 255
+    # Like torchvision's RandomErasing(value="random"): standard-normal noise in normalised space, i.e. around
+    # each image's own mean and spread; uniform 0..255 boxes would be brighter than any tissue and a shortcut.
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    noise = (mean + std * torch.randn(x.shape, generator=gen, device=device, dtype=x.dtype)).clamp(0, 255)
     return torch.where(mask, noise, x)
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,9 @@ __all__ = ["Finding", "ValidationReport", "validate_dataset", "format_validation
 
 _logger = logging.getLogger(__name__)
 
-_NEAR_DUP_BLOCK = 512  # rows of the pairwise Hamming-distance matrix computed at once (512 x N uint64)
+# Hash words x rows of the pairwise Hamming-distance matrix computed at once: 2**22 uint64 = 32 MiB of XORs,
+# so memory stays flat however many images there are (the old fixed 512 rows took 400 MB at 100k images).
+_NEAR_DUP_BLOCK_WORDS = 2**22
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class _Record:
     sample: Sample
     file_sha256: str | None = None
     pixel_key: str | None = None  # sha256 of decoded pixels + shape: equal for a PNG copy of a JPEG
-    phash: int | None = None
+    phash64: bytes | None = None  # 8 bytes: candidate stage of the near-duplicate check
+    phash256: bytes | None = None  # 32 bytes: confirmation stage (finer, sees texture as well as outline)
     size: tuple[int, int] | None = None  # (width, height)
     mode: str | None = None
     error: ImageError | None = None
@@ -132,7 +136,8 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
     good = [r for r in records if r.error is None]
     counts = _count_classes(layout, good, findings)
     duplicates = _check_exact_duplicates(good, findings)
-    near = _check_near_duplicates(good, cfg.validate.near_duplicate_distance, findings)
+    near = _check_near_duplicates(good, cfg.validate.near_duplicate_distance,
+                                  cfg.validate.near_duplicate_confirm_distance, findings)
     patients = _check_patients(layout, findings, cfg.data.patient_id_pattern)
     finished = time.perf_counter()
     stats = {
@@ -140,10 +145,11 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
         "n_files": len(records), "n_usable": len(good), "counts": counts,
         "imbalance_ratio": {s: _imbalance(c) for s, c in counts.items()},
         "patients": patients, "images": _image_stats(layout.splits, good),
-        "duplicates": {**duplicates, "near_duplicate_pairs": near},
+        "duplicates": {**duplicates, **near},
         "checks": findings.summary(), "content_hash": _content_hash(records),
         "settings": {"max_pixels": cfg.data.max_pixels, "patient_id_pattern": cfg.data.patient_id_pattern,
                      "near_duplicate_distance": cfg.validate.near_duplicate_distance,
+                     "near_duplicate_confirm_distance": cfg.validate.near_duplicate_confirm_distance,
                      "severity": dict(cfg.validate.severity)},
         "timing": {"discover_s": round(discovered - started, 3), "decode_s": round(decoded - discovered, 3),
                    "checks_s": round(finished - decoded, 3), "total_s": round(finished - started, 3),
@@ -179,8 +185,9 @@ def _inspect(sample: Sample, max_pixels: int) -> _Record:
     digest = hashlib.sha256(f"{height}x{width}:".encode())
     digest.update(pixels.tobytes())
     rec.pixel_key = digest.hexdigest()
-    bits = imagehash.phash(Image.fromarray(pixels)).hash.flatten()
-    rec.phash = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    img = Image.fromarray(pixels)
+    rec.phash64 = np.packbits(imagehash.phash(img).hash).tobytes()
+    rec.phash256 = np.packbits(imagehash.phash(img, hash_size=16).hash).tobytes()
     return rec
 
 
@@ -249,35 +256,66 @@ def _check_exact_duplicates(good: list[_Record], findings: _Findings) -> dict[st
     return summary
 
 
-def _hamming_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """All (i, j, distance) with i < j and popcount(h_i ^ h_j) <= max_distance, vectorised in row blocks."""
-    pairs: list[tuple[int, int, int]] = []
-    for start in range(0, len(hashes), _NEAR_DUP_BLOCK):
-        block = hashes[start:start + _NEAR_DUP_BLOCK]
-        dist = np.bitwise_count(block[:, None] ^ hashes[None, :])
-        rows, cols = np.nonzero(dist <= max_distance)
-        rows += start
-        for i, j in zip(rows.tolist(), cols.tolist()):
-            if i < j:
-                pairs.append((i, j, int(dist[i - start, j])))
-    return pairs
+def _hash_words(hashes: list[bytes]) -> np.ndarray:
+    """Equal-length hashes (at least one) as an (N, words) uint64 array; byte order does not change Hamming
+    distances."""
+    words = len(hashes[0]) // 8
+    return np.frombuffer(b"".join(hashes), dtype=np.uint64).reshape(len(hashes), words).copy()  # aligned, writable
 
 
-def _check_near_duplicates(good: list[_Record], max_distance: int, findings: _Findings) -> int:
-    """Perceptual-hash neighbours that are not exact duplicates (those are reported already)."""
-    hashes = np.array([r.phash for r in good], dtype=np.uint64)
-    n_pairs = 0
-    for i, j, distance in _hamming_pairs(hashes, max_distance):
-        a, b = good[i], good[j]
-        if a.pixel_key == b.pixel_key:
-            continue
-        n_pairs += 1
-        where = (f"both in {a.sample.split}" if a.sample.split == b.sample.split
-                 else f"across splits {a.sample.split}/{b.sample.split}")
-        findings.add("near_duplicate", [a.sample.rel, b.sample.rel],
-                     f"{a.sample.rel} and {b.sample.rel} look alike ({where}; perceptual hash distance {distance} <= "
-                     f"{max_distance}); expected distinct images")
-    return n_pairs
+def _hamming_pairs(hashes: np.ndarray, max_distance: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield arrays (i, j, distance) of all pairs i < j whose hashes differ in <= max_distance bits.
+
+    Vectorised in row blocks, each compared with its own and later rows only; pairs come in (i, j) order.
+
+    Args:
+        hashes: (N, words) uint64, one hash per row.
+        max_distance: the largest Hamming distance kept.
+    """
+    n, words = hashes.shape
+    rows = max(1, _NEAR_DUP_BLOCK_WORDS // max(1, n * words))
+    for start in range(0, n, rows):
+        block = hashes[start:start + rows]
+        dist = np.bitwise_count(block[:, None, :] ^ hashes[None, start:, :]).sum(axis=2, dtype=np.int32)
+        # Row r of the block is hash start + r; only columns after it (c > r, offset by start) are new pairs.
+        keep = (dist <= max_distance) & (np.arange(dist.shape[1])[None, :] > np.arange(len(block))[:, None])
+        r, c = np.nonzero(keep)
+        yield r + start, c + start, dist[r, c]
+
+
+def _check_near_duplicates(good: list[_Record], candidate_distance: int, confirm_distance: int,
+                           findings: _Findings) -> dict[str, int]:
+    """Perceptual-hash neighbours that are not exact duplicates (those are reported already).
+
+    The 64-bit hash mostly sees the breast outline: different patients with alike silhouettes fall within a few
+    bits. So its neighbours are only candidates, and each must also be close on the 256-bit hash, which sees the
+    tissue texture (see ValidateConfig for the measured distances behind both thresholds).
+
+    Returns:
+        {"near_duplicate_candidates": pairs screened, "near_duplicate_pairs": pairs confirmed and reported}.
+    """
+    if len(good) < 2:
+        return {"near_duplicate_candidates": 0, "near_duplicate_pairs": 0}
+    h64 = _hash_words([r.phash64 for r in good])
+    h256 = _hash_words([r.phash256 for r in good])
+    pixel_group = np.unique([r.pixel_key for r in good], return_inverse=True)[1]
+    n_candidates = 0
+    confirmed: list[tuple[int, int, int, int]] = []
+    for i, j, d64 in _hamming_pairs(h64, candidate_distance):
+        distinct = pixel_group[i] != pixel_group[j]
+        i, j, d64 = i[distinct], j[distinct], d64[distinct]
+        n_candidates += len(i)
+        d256 = np.bitwise_count(h256[i] ^ h256[j]).sum(axis=1)
+        close = d256 <= confirm_distance
+        confirmed += zip(i[close].tolist(), j[close].tolist(), d64[close].tolist(), d256[close].tolist())
+    for i, j, d64, d256 in confirmed:
+        a, b = good[i].sample, good[j].sample
+        where = f"both in {a.split}" if a.split == b.split else f"across splits {a.split}/{b.split}"
+        findings.add("near_duplicate", [a.rel, b.rel],
+                     f"{a.rel} and {b.rel} look alike ({where}; perceptual hash distance {d256} <= {confirm_distance} "
+                     f"of 256 bits, {d64} <= {candidate_distance} of 64); expected distinct images")
+    _logger.info("near-duplicates: %d candidate pairs screened, %d confirmed", n_candidates, len(confirmed))
+    return {"near_duplicate_candidates": n_candidates, "near_duplicate_pairs": len(confirmed)}
 
 
 def _check_patients(layout: DatasetLayout, findings: _Findings, pattern: str) -> dict[str, Any]:

@@ -76,8 +76,9 @@ def _images_section(r: dict[str, Any]) -> list[str]:
             "## Duplicates", "",
             f"- identical-pixel groups: {d['groups']} (within a split {d['within_split']}, across splits "
             f"{d['cross_split']}, under two labels {d['label_conflict']})",
-            f"- near-duplicate pairs (perceptual hash distance <= "
-            f"{r['settings']['near_duplicate_distance']}): {d['near_duplicate_pairs']}", ""]
+            f"- near-duplicate pairs: {d['near_duplicate_pairs']} confirmed (256-bit perceptual hash distance <= "
+            f"{r['settings']['near_duplicate_confirm_distance']}) of {d['near_duplicate_candidates']} candidates "
+            f"screened (64-bit distance <= {r['settings']['near_duplicate_distance']})", ""]
 
 
 def _findings_section(title: str, findings: list[dict[str, Any]]) -> list[str]:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from medpipe_testdata import SAMPLE_DATA, synthetic_image, write_dataset
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 from test_preprocess import write_png_header_only
 
-from medpipe.config import VALIDATION_CHECKS, Config, load_config
+from medpipe.config import VALIDATION_CHECKS, Config, ConfigError, load_config
+from medpipe.data import validate as validate_module
 from medpipe.data.validate import _hamming_pairs, format_validation_summary, validate_dataset
 from medpipe.preprocess import decode_image
 
@@ -61,8 +64,7 @@ def _only(report, check: str, severity: str, path: str):
 def test_clean_dataset_is_ok_and_report_files_are_written(data: Path, tmp_path: Path, cfg: Config) -> None:
     before = _snapshot(tmp_path)
     report = validate_dataset(data, cfg, tmp_path / "out")
-    assert report.ok and report.errors == []
-    assert {f.check for f in report.warnings} <= {"near_duplicate"}  # same-class synthetic images look alike
+    assert report.ok and report.errors == [] and report.warnings == []
     assert report.json_path == tmp_path / "out" / "validation.json" and report.md_path.is_file()
     saved = json.loads(report.json_path.read_text())
     assert saved["ok"] is True and saved["n_files"] == 12 and saved["n_usable"] == 12
@@ -87,6 +89,14 @@ def test_bundled_sample_validates_ok(tmp_path: Path, cfg: Config) -> None:
     assert report.stats["n_usable"] == report.stats["n_files"] > 100
     assert report.stats["patients"]["overlap"] == {}
     assert _snapshot(SAMPLE_DATA) == before
+    # Real mammograms of different patients: their breast outlines put many pairs within the 64-bit candidate
+    # distance, and a 64-bit check alone (the old one: distance 4, nothing confirmed) flagged 4 of them here.
+    near = report.stats["duplicates"]
+    assert near["near_duplicate_candidates"] > 0 and near["near_duplicate_pairs"] == 0
+    assert _findings(report, "near_duplicate") == []
+    unconfirmed = load_config(None, ["validate.near_duplicate_distance=4",
+                                     "validate.near_duplicate_confirm_distance=256"])
+    assert len(_findings(validate_dataset(SAMPLE_DATA, unconfirmed, tmp_path / "old"), "near_duplicate")) >= 1
 
 
 def test_unreadable_files_are_errors_naming_the_file(data: Path, tmp_path: Path, cfg: Config) -> None:
@@ -183,32 +193,112 @@ def test_same_pixels_twice_in_a_split_and_under_two_labels(data: Path, tmp_path:
     assert _findings(report, "duplicate_cross_split") == [] and not report.ok
 
 
-def test_near_duplicates_are_warnings(data: Path, tmp_path: Path, cfg: Config) -> None:
-    arr = synthetic_image(2, 4321, 32)
-    Image.fromarray(arr, mode="L").save(data / "train" / "cancer" / "P_00300_LEFT_CC.png")
-    # The same picture a little brighter and re-encoded as JPEG: almost every pixel differs, phash barely does.
-    brighter = np.clip(arr.astype(int) + 3, 0, 255).astype(np.uint8)
-    Image.fromarray(brighter, mode="L").save(data / "val" / "cancer" / "P_00400_LEFT_CC.jpg", quality=85)
+def _mammogram_like(seed: int, size: int = 64) -> np.ndarray:
+    """A breast-shaped half-ellipse of smooth random tissue on black: every seed has the same silhouette."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    inside = (xx / 0.7) ** 2 + ((yy - 0.5) / 0.42) ** 2 < 1
+    noise = Image.fromarray(rng.normal(128, 50, (size, size)).clip(0, 255).astype(np.uint8))
+    tissue = np.asarray(noise.filter(ImageFilter.GaussianBlur(1.5)), dtype=float)
+    return np.where(inside, 60 + tissue, 0).clip(0, 255).astype(np.uint8)
+
+
+def _jpeg(img: Image.Image, path: Path, quality: int) -> None:
+    """Save as JPEG through memory, like a copy re-encoded by some other tool."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    path.write_bytes(buf.getvalue())
+
+
+_COPIES = {  # the edits that a copy of a scan picks up on its way through other hands
+    "jpeg_q60": lambda im: im,
+    "resized_90pct": lambda im: im.resize((round(im.width * 0.9), round(im.height * 0.9)), Image.BICUBIC),
+    "brighter_10pct_resized_110pct": lambda im: ImageEnhance.Brightness(
+        im.resize((round(im.width * 1.1), round(im.height * 1.1)), Image.BICUBIC)).enhance(1.1),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(_COPIES))
+def test_edited_copy_of_a_real_mammogram_in_another_split_is_a_near_duplicate(
+        edit: str, data: Path, tmp_path: Path, cfg: Config) -> None:
+    source = SAMPLE_DATA / "train" / "cancer" / "P_00198_LEFT_CC.jpg"
+    shutil.copy(source, data / "train" / "cancer" / "P_00300_LEFT_CC.jpg")
+    with Image.open(source) as img:
+        _jpeg(_COPIES[edit](img.convert("L")), data / "val" / "cancer" / "P_00400_RIGHT_MLO.jpg", quality=60)
     report = validate_dataset(data, cfg, tmp_path / "out")
-    pair = ["train/cancer/P_00300_LEFT_CC.png", "val/cancer/P_00400_LEFT_CC.jpg"]
-    (finding,) = [f for f in _findings(report, "near_duplicate") if f.paths == pair]
-    assert finding.severity == "warning" and "across splits train/val" in finding.message
-    assert "P_00300_LEFT_CC.png" in finding.message and "P_00400_LEFT_CC.jpg" in finding.message
-    assert report.ok and _findings(report, "duplicate_cross_split") == []
-    strict = validate_dataset(data, load_config(None, ["validate.near_duplicate_distance=-1"]), tmp_path / "out2")
-    assert _findings(strict, "near_duplicate") == []
+    pair = ["train/cancer/P_00300_LEFT_CC.jpg", "val/cancer/P_00400_RIGHT_MLO.jpg"]
+    (finding,) = _findings(report, "near_duplicate")
+    assert finding.paths == pair and finding.severity == "warning" and report.ok
+    assert "across splits train/val" in finding.message and "P_00400_RIGHT_MLO.jpg" in finding.message
+    assert "<= 20 of 256 bits" in finding.message and "<= 10 of 64" in finding.message
+    assert _findings(report, "duplicate_cross_split") == []  # pixels differ: not an exact duplicate
+    assert report.stats["duplicates"]["near_duplicate_pairs"] == 1
+    assert "near-duplicate pairs: 1 confirmed (256-bit" in report.md_path.read_text()
 
 
-def test_hamming_pairs_match_a_brute_force_count() -> None:
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 2**63, 40, dtype=np.uint64)
-    flips = np.uint64(1) << rng.integers(0, 64, (40, 3)).astype(np.uint64)
+def test_near_duplicate_thresholds_come_from_the_config(data: Path, tmp_path: Path, cfg: Config) -> None:
+    source = SAMPLE_DATA / "train" / "cancer" / "P_00189_LEFT_MLO.jpg"  # its copy moves both hashes a little
+    shutil.copy(source, data / "train" / "cancer" / "P_00900_LEFT_MLO.jpg")
+    with Image.open(source) as img:
+        _jpeg(_COPIES["brighter_10pct_resized_110pct"](img.convert("L")), data / "val" / "cancer" / "copy.jpg", 75)
+    default = validate_dataset(data, cfg, tmp_path / "out")
+    (finding,) = _findings(default, "near_duplicate")
+    screened = default.stats["duplicates"]["near_duplicate_candidates"]
+    d256, d64 = map(int, re.search(r"distance (\d+) <= 20 of 256 bits, (\d+) <= 10 of 64", finding.message).groups())
+    assert d256 > 0 and d64 > 0  # so that one bit less than each distance is a stricter setting
+    tighter = {"validate.near_duplicate_confirm_distance": d256 - 1, "validate.near_duplicate_distance": d64 - 1}
+    for key, value in tighter.items():
+        report = validate_dataset(data, load_config(None, [f"{key}={value}"]), tmp_path / key)
+        assert _findings(report, "near_duplicate") == [], key
+        candidates = report.stats["duplicates"]["near_duplicate_candidates"]
+        assert candidates == screened if key.endswith("confirm_distance") else candidates < screened
+        assert report.stats["settings"][key.split(".")[1]] == value
+
+
+def test_alike_silhouettes_of_different_images_are_screened_but_not_reported(
+        data: Path, tmp_path: Path, cfg: Config) -> None:
+    Image.fromarray(_mammogram_like(0), mode="L").save(data / "train" / "benign" / "P_00500_LEFT_CC.png")
+    Image.fromarray(_mammogram_like(4), mode="L").save(data / "val" / "benign" / "P_00600_LEFT_CC.png")
+    report = validate_dataset(data, cfg, tmp_path / "out")
+    assert _findings(report, "near_duplicate") == [] and report.warnings == []
+    assert report.stats["duplicates"]["near_duplicate_candidates"] >= 1  # the outline matched: it was screened
+    md = report.md_path.read_text()
+    assert "near-duplicate pairs: 0 confirmed (256-bit perceptual hash distance <= 20) of" in md
+    # The 64-bit hash alone calls them near-duplicates: this is the false alarm the confirmation removes.
+    alone = validate_dataset(data, load_config(None, ["validate.near_duplicate_confirm_distance=256"]), tmp_path / "a")
+    pair = ["train/benign/P_00500_LEFT_CC.png", "val/benign/P_00600_LEFT_CC.png"]
+    assert pair in [f.paths for f in _findings(alone, "near_duplicate")]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("validate.near_duplicate_distance=-1", "validate.near_duplicate_distance must be in 0..64"),
+    ("validate.near_duplicate_confirm_distance=257", "validate.near_duplicate_confirm_distance must be in 0..256"),
+])
+def test_near_duplicate_distances_out_of_range_are_refused(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, [override])
+
+
+def _brute_force_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
+    distance = [[sum(bin(int(w)).count("1") for w in a ^ b) for b in hashes] for a in hashes]
+    return [(i, j, distance[i][j]) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
+            if distance[i][j] <= max_distance]
+
+
+@pytest.mark.parametrize("words, block_words", [(1, 2**22), (1, 7), (4, 50)])
+def test_hamming_pairs_match_a_brute_force_count(words: int, block_words: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small blocks force many block boundaries; 4 words is the 256-bit confirmation hash.
+    monkeypatch.setattr(validate_module, "_NEAR_DUP_BLOCK_WORDS", block_words)
+    rng = np.random.default_rng(words)
+    base = rng.integers(0, 2**63, (40, words), dtype=np.uint64)
+    flips = np.uint64(1) << rng.integers(0, 64, (40, 3, words)).astype(np.uint64)
     hashes = np.concatenate([base, base ^ flips[:, 0], base ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2]])
-    expected = sorted((i, j, bin(int(hashes[i]) ^ int(hashes[j])).count("1"))
-                      for i in range(len(hashes)) for j in range(i + 1, len(hashes))
-                      if bin(int(hashes[i]) ^ int(hashes[j])).count("1") <= 3)
+    max_distance = 3 * words
+    expected = _brute_force_pairs(hashes, max_distance)
     assert len(expected) >= 80
-    assert sorted(_hamming_pairs(hashes, 3)) == expected
+    found = [(i, j, d) for block in _hamming_pairs(hashes, max_distance) for i, j, d in zip(*map(list, block))]
+    assert found == expected  # in (i, j) order, each pair once
 
 
 def test_patient_leakage_warns_and_severity_override_makes_it_an_error(data: Path, tmp_path: Path) -> None:
