@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from medpipe.config import Config, save_config
+from medpipe.fileio import atomic_write_text
 
 __all__ = ["run_pipeline", "summarize_models", "PipelineError"]
 
@@ -17,12 +17,6 @@ _SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", 
 
 class PipelineError(RuntimeError):
     """A stage refused to go on (e.g. validation found hard errors)."""
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path) -> Path:
@@ -39,8 +33,8 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path) 
     ranked = sorted(rows, key=lambda n: -(rows[n]["macro_auc"] or 0.0))
     summary = {"split": split, "models": rows, "baseline": baseline, "best_by_macro_auc": ranked[0] if ranked else None,
                "metrics_files": {n: str(p) for n, p in metrics_paths.items()}}
-    _write_atomic(out_dir / "summary.json", json.dumps(summary, indent=1))
-    _write_atomic(out_dir / "summary.md", render_summary_markdown(summary))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out_dir / "summary.md", render_summary_markdown(summary))
     return out_dir / "summary.json"
 
 

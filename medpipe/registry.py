@@ -35,14 +35,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpipe.fileio import atomic_output
 from medpipe.store import InvalidKeyError, ObjectNotFoundError, Store, sha256_file, validate_key
 
 __all__ = [
@@ -414,16 +413,15 @@ def resolve_model(store: Store, ref: str, dest_dir: Path) -> tuple[Path, dict[st
     dest = Path(dest_dir) / model_name / version / MODEL_FILE
     downloaded = not (dest.is_file() and sha256_file(dest) == expected)
     if downloaded:
-        # A unique name: two tasks resolving into the same dest_dir never hash each other's partial download.
-        tmp = store.get_file(key, dest.with_name(f".{MODEL_FILE}.{uuid.uuid4().hex}.unverified"))
-        actual = sha256_file(tmp)
-        if actual != expected:
-            tmp.unlink(missing_ok=True)
-            raise IntegrityError(
-                f"{store.uri(key)}: downloaded sha256 {actual} does not match the recorded sha256 {expected}; "
-                "refusing to use it"
-            )
-        os.replace(tmp, dest)  # only verified bytes ever appear under the final name
+        # Verified inside the block: only bytes that match the manifest are ever moved to the final name; a
+        # mismatch removes the (uniquely named) temp, so two tasks never hash each other's partial download.
+        with atomic_output(dest) as tmp:
+            actual = sha256_file(store.get_file(key, tmp))
+            if actual != expected:
+                raise IntegrityError(
+                    f"{store.uri(key)}: downloaded sha256 {actual} does not match the recorded sha256 {expected}; "
+                    "refusing to use it"
+                )
     _logger.info("resolved %s to %s (%s)", ref, dest, "downloaded" if downloaded else "already present")
     return dest, {"source": "store", "ref": ref, "model_name": model_name, "version": version, "key": key,
                   "uri": store.uri(key), "sha256": expected, "published_at": info.get("published_at"),

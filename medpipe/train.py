@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import numpy as np
 
 from medpipe.config import Config, config_from_dict, config_to_dict, save_config
 from medpipe.data.cache import load_cache
+from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_device stays importable
+from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.preprocess import PREPROCESS_VERSION
 
 __all__ = ["train_model", "load_checkpoint", "resolve_device", "class_weight_vector", "TrainingError"]
@@ -30,16 +31,6 @@ class TrainingError(RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no CUDA device is available; use train.device=auto or cpu")
-    return name
-
-
 def class_weight_vector(setting: Any, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
     """Loss weights per class: a configured list, 'auto' (inverse frequency, mean 1) or 'none'."""
     if setting == "none":
@@ -49,14 +40,6 @@ def class_weight_vector(setting: Any, labels: np.ndarray, num_classes: int) -> n
         inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
         return inverse * (num_classes / inverse.sum())
     return np.asarray(setting, dtype=np.float64)
-
-
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _train_indices(data, cfg: Config) -> np.ndarray:
@@ -134,7 +117,10 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split].labels) == 0:
             raise TrainingError(f"cache {cache_dir} has no {split} images; training needs train and val")
-    device = resolve_device(cfg.train.device)
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError as exc:
+        raise TrainingError(f"train.device: {exc}") from exc
     state = TrainingState.create(model_name, cfg, data, _train_indices(data, cfg), device)
     if resume:
         state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
@@ -146,7 +132,8 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
             model_name, cfg, data, state.epoch, state.best_score)}
         if kind == "last":
             payload.update(state.resumable())
-        _atomic_torch_save(payload, out_dir / f"{kind}.pt")
+        with atomic_output(out_dir / f"{kind}.pt") as tmp:
+            torch.save(payload, tmp)
 
     run_epochs(state, cfg, data, device, on_best=lambda: _save("best"), on_epoch_end=lambda: _save("last"))
     history_path = out_dir / "history.json"
@@ -154,9 +141,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
                "train_images": int(len(state.train_rows)), "seconds": round(time.perf_counter() - started, 2),
                "history": state.history}
-    tmp = history_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, history_path)
+    atomic_write_text(history_path, json.dumps(summary, indent=1))
     from medpipe.evaluate.plots import plot_history
 
     plot_history(state.history, out_dir / "history.png")

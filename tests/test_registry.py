@@ -252,3 +252,31 @@ def test_cli_publish_list_show(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "resnet18/v1  (champion)" in shown and sha256_file(folder / "model.onnx") in shown
     assert cli_main(["models", "show", "v7", "--store", store_dir]) == 1
     assert "no version v7" in capsys.readouterr().err
+
+
+def test_cli_publish_takes_name_and_version_from_the_onnx_metadata(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    store_dir = str(tmp_path / "cli-store")
+    bare = make_version_dir(tmp_path / "bare")  # no metadata: the model name must be given
+    assert cli_main(["publish", "--version-dir", str(bare), "--store", store_dir]) == 1
+    assert "no model name: pass --model-name" in capsys.readouterr().err
+
+    def with_metadata(folder: Path, **props: str) -> Path:
+        model = onnx.load(folder / "model.onnx")
+        for key, value in props.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, folder / "model.onnx")
+        return folder
+
+    exported = with_metadata(make_version_dir(tmp_path / "exported", "b"), model_name="custom_cnn", version="v9")
+    assert cli_main(["publish", "--version-dir", str(exported), "--store", store_dir]) == 0
+    assert "published: custom_cnn/v9" in capsys.readouterr().out
+    assert read_champion(open_store(StoreConfig(uri=store_dir)))["version"] == "v9"
+    # An option wins over the metadata; export's "unversioned" placeholder falls back to a timestamp version.
+    unversioned = with_metadata(make_version_dir(tmp_path / "unversioned", "c"), model_name="custom_cnn",
+                                version="unversioned")
+    assert cli_main(["publish", "--version-dir", str(unversioned), "--model-name", "resnet18", "--no-champion",
+                     "--store", store_dir]) == 0
+    published = capsys.readouterr().out.split()[1]
+    assert published.startswith("resnet18/") and len(published.split("/")[1]) == 16

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.config import ConfigError, load_config
+from medpipe.onnx_runtime import read_file_metadata
 from medpipe.registry import (
+    MODEL_FILE,
     RegistryError,
     list_versions,
     new_version_name,
@@ -34,6 +36,7 @@ _logger = logging.getLogger(__name__)
 _METRIC_COLUMNS = (("val_auc", "val", "macro_auc"), ("val_bacc", "val", "balanced_accuracy"),
                    ("test_auc", "test", "macro_auc"), ("test_bacc", "test", "balanced_accuracy"))
 _ERRORS = (ConfigError, StoreError, RegistryError)
+_UNVERSIONED = "unversioned"  # what export writes when it was given no version: not a name to publish under
 
 
 def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -45,8 +48,9 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     """
     publish = subparsers.add_parser("publish", help="upload a model version folder to the store")
     publish.add_argument("--version-dir", required=True, type=Path, help="folder with model.onnx, metrics.json, ...")
-    publish.add_argument("--model-name", required=True, help="e.g. resnet18")
-    publish.add_argument("--version", help="version name (default: UTC timestamp like 20261126T153000Z)")
+    publish.add_argument("--model-name", help="e.g. resnet18 (default: model_name in model.onnx's metadata)")
+    publish.add_argument("--version", help="version name (default: version in model.onnx's metadata, else a UTC "
+                                           "timestamp like 20261126T153000Z)")
     publish.add_argument("--no-champion", action="store_true", help="do not point champion.json at this version")
     _add_store_option(publish, add_common)
     publish.set_defaults(func=cmd_publish)
@@ -80,17 +84,43 @@ def _fail(exc: Exception) -> int:
     return 1
 
 
+def _publish_identity(args: argparse.Namespace) -> tuple[str, str]:
+    """The (model name, version) to publish under.
+
+    Each comes from its option, else from the metadata `medpipe export` wrote into model.onnx (META_KEYS
+    ``model_name`` / ``version``), else (version only) a new UTC timestamp version.
+
+    Raises:
+        RegistryError: no model name in the options nor in the metadata, or an unreadable model.onnx.
+    """
+    model_name, version = args.model_name, args.version
+    onnx_path = Path(args.version_dir) / MODEL_FILE
+    if (model_name is None or version is None) and onnx_path.is_file():
+        try:
+            meta = read_file_metadata(onnx_path)
+        except ValueError as exc:
+            raise RegistryError(f"cannot read the model name/version from {onnx_path}: {exc}") from exc
+        model_name = model_name or meta.get("model_name") or None
+        version = version or (meta.get("version") if meta.get("version") != _UNVERSIONED else None)
+        _logger.info("publishing as %s/%s (missing options taken from %s metadata)", model_name, version, onnx_path)
+    if not model_name:
+        raise RegistryError(f"no model name: pass --model-name, or publish a folder whose {MODEL_FILE} carries "
+                            f"'model_name' in its metadata (as `medpipe export` writes it); {onnx_path} "
+                            f"{'has none' if onnx_path.is_file() else 'does not exist'}")
+    return model_name, version or new_version_name()
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """``medpipe publish``: upload the folder as a new version; prints what was uploaded and the champion."""
-    version = args.version or new_version_name()
     try:
+        model_name, version = _publish_identity(args)
         store = _open(args)
-        result = publish_version(store, args.version_dir, args.model_name, version, make_champion=not args.no_champion)
+        result = publish_version(store, args.version_dir, model_name, version, make_champion=not args.no_champion)
     except _ERRORS as exc:
         return _fail(exc)
-    print(f"{result['status']}: {args.model_name}/{version} -> {result['uri']}")
+    print(f"{result['status']}: {model_name}/{version} -> {result['uri']}")
     print(f"  {len(result['uploaded'])} file(s) uploaded, {len(result['skipped'])} already there")
-    print(f"  champion: {'now ' + args.model_name + '/' + version if result['champion_updated'] else 'unchanged'}")
+    print(f"  champion: {'now ' + model_name + '/' + version if result['champion_updated'] else 'unchanged'}")
     return 0
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from medpipe.config import Config
 from medpipe.data.layout import Sample, discover
+from medpipe.fileio import sha256_file
 from medpipe.preprocess import PREPROCESS_VERSION, ImageError, load_image
 
 __all__ = ["SplitArrays", "CachedDataset", "build_cache", "load_cache", "dataset_manifest", "cache_root"]
@@ -49,14 +50,6 @@ class CachedDataset:
     skipped: list[dict]  # files that could not be decoded: {"rel", "reason"}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_root(cfg: Config) -> Path:
     return Path(os.path.expandvars(cfg.data.cache_dir)).expanduser()
 
@@ -69,7 +62,7 @@ def dataset_manifest(root: str | Path, cfg: Config) -> tuple[dict, list[Sample]]
     """
     layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        hashes = list(pool.map(lambda s: _sha256_file(s.path), layout.samples))
+        hashes = list(pool.map(lambda s: sha256_file(s.path), layout.samples))
     files = [{"rel": s.rel, "split": s.split, "label": s.label, "patient": s.patient, "sha256": h}
              for s, h in zip(layout.samples, hashes)]
     body = {"classes": layout.classes, "files": files}

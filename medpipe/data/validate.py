@@ -26,6 +26,7 @@ from tqdm import tqdm
 from medpipe.config import VALIDATION_CHECKS, Config
 from medpipe.data.layout import DatasetLayout, Sample, discover, patient_id
 from medpipe.data.validate_report import format_validation_summary, write_report
+from medpipe.fileio import sha256_file
 from medpipe.preprocess import ImageError, decode_image
 
 __all__ = ["Finding", "ValidationReport", "validate_dataset", "format_validation_summary"]
@@ -169,8 +170,7 @@ def _inspect(sample: Sample, max_pixels: int) -> _Record:
 
     rec = _Record(sample)
     try:
-        with open(sample.path, "rb") as fh:
-            rec.file_sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+        rec.file_sha256 = sha256_file(sample.path)
         pixels = decode_image(sample.path, max_pixels)
         with Image.open(sample.path) as img:  # header only: the mode as stored, before our grayscale conversion
             rec.mode = img.mode

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from medpipe.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from medpipe.data.validate import ValidationReport
@@ -16,24 +16,10 @@ __all__ = ["write_report", "render_markdown", "format_validation_summary"]
 MAX_LISTED = 50  # findings listed per severity in the Markdown; the JSON always holds all of them
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a temp file beside `path`, then rename it: no reader sees half a report; a failed write keeps the old."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is for everyone who can see the run folder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict[str, Any], json_path: Path, md_path: Path) -> None:
     """Write the report dict as JSON and as Markdown, each atomically."""
-    _write_atomic(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
-    _write_atomic(md_path, render_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(md_path, render_markdown(report))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:

@@ -7,13 +7,11 @@ and metrics that do not exist on a split are null, not guessed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
 from medpipe.evaluate.plots import plot_confusion_matrix, plot_history, plot_pr_curves, plot_roc_curves
 from medpipe.evaluate.predict import predict_probs, resolve_device
+from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 
 __all__ = [
     "evaluate_model",
@@ -43,28 +42,6 @@ _logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.json"
 CARD_NAME = "model_card.md"
-
-
-def _write_atomic(path: Path, text: str) -> Path:
-    """Temp file in the same folder + os.replace: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_compatible(meta: dict[str, Any], data: Any, checkpoint: Path, cache_dir: Path) -> None:
@@ -93,7 +70,7 @@ def _write_predictions(path: Path, rels: list[str], labels: np.ndarray, probs: n
     predicted = probs.argmax(axis=1)
     for rel, label, pred, row in zip(rels, labels, predicted, probs):
         writer.writerow([rel, classes[int(label)], classes[int(pred)], *(f"{p:.6f}" for p in row)])
-    return _write_atomic(path, buffer.getvalue())
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _split_plots(split: str, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
@@ -132,14 +109,8 @@ def _history_plot(run_dir: Path, history: list[dict[str, Any]] | None, plots_dir
     target = plots_dir / "history.png"
     source = run_dir / "history.png"
     if source.is_file():
-        fd, tmp = tempfile.mkstemp(prefix=".history.png.", suffix=".tmp", dir=plots_dir)
-        os.close(fd)
-        try:
+        with atomic_output(target) as tmp:
             shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return target
     if history:
         return plot_history(history, target)
@@ -243,7 +214,7 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
         "checkpoint_manifest_hash": meta.get("manifest_hash"),
         # Relative to out_dir, so the folder can be moved or published as a whole.
         "checkpoint": Path(os.path.relpath(checkpoint, out)).as_posix(),
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
         "epoch": meta.get("epoch"),
         "preprocess_version": meta.get("preprocess_version"),
         "device": device,
@@ -257,6 +228,6 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
         manifest_hash=data.manifest_hash, plots={k: p.relative_to(out).as_posix() for k, p in plot_paths.items()},
         training=metrics["training"],
     )
-    path = _write_atomic(out / METRICS_NAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    path = atomic_write_text(out / METRICS_NAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     _logger.info("wrote %s", path)
     return path

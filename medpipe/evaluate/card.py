@@ -4,10 +4,10 @@ beside the majority-class baseline."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from medpipe.fileio import atomic_write_text
 
 __all__ = ["write_model_card"]
 
@@ -124,19 +124,6 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
     return ["## Key configuration", ""] + _table(["setting", "value"], rows) + [""]
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, Any], config: dict[str, Any],
                      manifest_hash: str, plots: dict[str, str], training: dict[str, Any] | None) -> Path:
     """Write the Markdown model card.
@@ -170,6 +157,6 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
     if plots.get("history"):
         lines += ["## Training curves", "", f"![training curves]({plots['history']})", ""]
     lines += _config_section(config, training, model_name)
-    written = _write_text_atomic(Path(path), "\n".join(lines).rstrip("\n") + "\n")
+    written = atomic_write_text(path, "\n".join(lines).rstrip("\n") + "\n")
     _logger.info("wrote model card %s", written)
     return written

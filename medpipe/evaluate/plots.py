@@ -7,12 +7,12 @@ backend, nothing left open in a long-lived Airflow worker. Every PNG is written 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medpipe.fileio import atomic_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,19 +37,10 @@ def _new_figure(width: float, height: float, ncols: int = 1) -> tuple["Figure", 
 
 
 def _save(fig: "Figure", path: str | Path) -> Path:
-    """Write the figure as PNG through a temp file + os.replace, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _logger.debug("wrote %s", path)
-    return path
+    """Write the figure as PNG atomically (temp file + os.replace), so a reader never sees half a file."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")  # format given: the temp name ends in .tmp
+    return Path(path)
 
 
 def plot_confusion_matrix(cm: np.ndarray | list[list[int]], classes: list[str], path: str | Path,

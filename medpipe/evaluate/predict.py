@@ -7,31 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medpipe.device import resolve_device
+
 if TYPE_CHECKING:  # torch is imported inside functions: DAG files import this package at parse time
     import torch
 
 __all__ = ["predict_probs", "resolve_device"]
 
 _logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> str:
-    """Map a config device ("auto", "cpu", "cuda", "cuda:N") to a torch device string.
-
-    Raises:
-        ValueError: an unknown name, or CUDA asked for on a machine without a usable GPU.
-    """
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
-        return device
-    raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 def predict_probs(model: "torch.nn.Module", images: np.ndarray, device: str = "cpu",

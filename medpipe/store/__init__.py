@@ -11,6 +11,7 @@ import logging
 import urllib.parse
 
 from medpipe.config import StoreConfig
+from medpipe.store import base
 from medpipe.store.base import (
     KEY_RULES,
     SHA256_METADATA,
@@ -25,20 +26,7 @@ from medpipe.store.base import (
 )
 from medpipe.store.local import LocalStore
 
-__all__ = [
-    "Store",
-    "StoreError",
-    "InvalidKeyError",
-    "ObjectNotFoundError",
-    "LocalStore",
-    "open_store",
-    "validate_key",
-    "validate_prefix",
-    "sha256_file",
-    "sha256_bytes",
-    "KEY_RULES",
-    "SHA256_METADATA",
-]
+__all__ = [*base.__all__, "LocalStore", "open_store"]  # the base names are re-exported as they are
 
 _logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any
+
+from medpipe.fileio import atomic_output, sha256_file  # sha256_file re-exported: one implementation
 
 __all__ = [
     "Store",
@@ -47,7 +47,6 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*")
 _ALLOWED_CHARS = re.compile(r"[A-Za-z0-9._+=/-]")
 # S3 sends user metadata as HTTP headers: lower-case names and short printable ASCII values stay portable.
 _METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-_CHUNK = 1024 * 1024
 
 
 class StoreError(RuntimeError):
@@ -126,15 +125,6 @@ def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str]:
     return metadata
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
@@ -171,13 +161,8 @@ class Store(abc.ABC):
         """Download ``key`` to the file ``dest`` atomically (temp file in the same folder, then os.replace)."""
         validate_key(key)
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
-        try:
+        with atomic_output(dest) as tmp:
             self._get_file(key, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
         return dest
 
     def get_bytes(self, key: str) -> bytes:

@@ -22,11 +22,11 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from medpipe.fileio import atomic_output, atomic_write_bytes
 from medpipe.store.base import SHA256_METADATA, ObjectNotFoundError, Store, StoreError
 
 __all__ = ["LocalStore", "META_DIR"]
@@ -71,20 +71,6 @@ class LocalStore(Store):
         except OSError as exc:
             raise StoreError(f"cannot {action} {self._uri(key)}: {exc.strerror or exc}") from exc
 
-    @staticmethod
-    def _write_atomic(target: Path, write: Callable[[BinaryIO], None]) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
     def _store(self, key: str, write: Callable[[BinaryIO], None], metadata: dict[str, str]) -> None:
         target, meta_path = self._path(key), self._meta_path(key)
         if target.is_dir():
@@ -95,10 +81,10 @@ class LocalStore(Store):
         }
         with self._os_errors("write", key):
             meta_path.unlink(missing_ok=True)
-            self._write_atomic(target, write)
+            with atomic_output(target) as tmp, open(tmp, "xb") as fh:
+                write(fh)
             sidecar["size"] = target.stat().st_size
-            payload = json.dumps(sidecar, sort_keys=True).encode()
-            self._write_atomic(meta_path, lambda fh: fh.write(payload))
+            atomic_write_bytes(meta_path, json.dumps(sidecar, sort_keys=True).encode())
 
     def _put_file(self, key: str, path: Path, metadata: dict[str, str]) -> None:
         def _copy(fh: BinaryIO) -> None:

@@ -1,0 +1,218 @@
+"""Export a trained checkpoint to ONNX that outputs probabilities, with metadata, checked against torch.
+
+The graph takes float32 (N, 1, H, W) raw pixels 0..255 with a dynamic batch dimension; normalisation and softmax
+are inside, so a scorer needs only `medpipe.preprocess.load_image` in front of it. Before the file appears at its
+final path it must pass `onnx.checker` and a parity test on real validation images: ONNX Runtime vs torch, max
+|Δ probability| <= cfg.export.parity_atol and identical argmax. A failure leaves nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medpipe.config import Config
+from medpipe.fileio import atomic_output, atomic_write_text
+from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
+from medpipe.preprocess import PREPROCESS_VERSION
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ParityError", "export_onnx", "export_module", "model_metadata", "check_parity", "PARITY_NAME",
+           "INPUT_DESCRIPTION"]
+
+_logger = logging.getLogger(__name__)
+
+PARITY_NAME = "parity.json"
+INPUT_DESCRIPTION = "float32 raw pixels 0..255, single channel, shape (N, 1, H, W); N is dynamic"
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "macro_auc")
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and torch disagree on real images beyond the allowed tolerance; the export is refused."""
+
+
+def _probability_model(model: "torch.nn.Module") -> "torch.nn.Module":
+    """Wrap a logits model so that the exported graph ends in softmax (decided once: ONNX outputs probabilities)."""
+    import torch
+
+    class ProbabilityModel(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.inner(x), dim=1)
+
+    return ProbabilityModel(model).eval()
+
+
+def _normalization(model: "torch.nn.Module") -> dict[str, float]:
+    from medpipe.models import Normalize
+
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return {"mean": float(module.mean), "std": float(module.std)}
+    raise ValueError(f"{type(model).__name__} has no Normalize module: not a medpipe model")
+
+
+def _metrics_summary(metrics_path: Path | None, split: str = "val") -> dict[str, Any] | None:
+    if metrics_path is None:
+        return None
+    metrics = json.loads(Path(metrics_path).read_text())
+    values = (metrics.get("splits") or {}).get(split)
+    if values is None:
+        return None
+    summary = {k: values.get(k) for k in _SUMMARY_KEYS}
+    summary["recall"] = {c: m.get("recall") for c, m in values.get("per_class", {}).items()}
+    return {"split": split, **summary}
+
+
+def model_metadata(model: "torch.nn.Module", meta: dict[str, Any], version: str,
+                   metrics_summary: dict[str, Any] | None) -> dict[str, str]:
+    """The metadata_props of an exported model (keys documented in `medpipe.onnx_runtime.META_KEYS`).
+
+    Args:
+        model: the logits model (its Normalize buffers give mean/std).
+        meta: checkpoint meta (model_name, classes, image_size, manifest_hash, preprocess_version).
+        version: the model version.
+        metrics_summary: headline validation metrics, or None.
+    """
+    return {
+        "classes": metadata_as_json(list(meta["classes"])),
+        "input_size": str(int(meta["image_size"])),
+        "input_channels": "1",
+        "input": INPUT_DESCRIPTION,
+        "normalization": metadata_as_json({**_normalization(model), "applied": "inside the graph: (x - mean) / std"}),
+        "output": "probabilities",
+        "model_name": str(meta["model_name"]),
+        "version": version,
+        "manifest_hash": str(meta.get("manifest_hash") or ""),
+        "preprocess_version": str(meta.get("preprocess_version") or PREPROCESS_VERSION),
+        "metrics": metadata_as_json(metrics_summary),
+    }
+
+
+def export_module(model: "torch.nn.Module", out_path: str | Path, image_size: int, metadata: dict[str, str],
+                  opset: int = 20) -> Path:
+    """Export a logits model as a self-contained ONNX file whose output is probabilities; checked by onnx.checker.
+
+    Writes `out_path` directly (callers that need atomicity pass a temp path).
+
+    Args:
+        model: a medpipe model (float32 (N,1,H,W) 0..255 in, logits out).
+        out_path: the .onnx file to write.
+        image_size: H = W of the example input.
+        metadata: string key/values stored in metadata_props.
+        opset: ONNX opset.
+    """
+    import onnx
+    import torch
+
+    out_path = Path(out_path)
+    wrapped = _probability_model(model.cpu().eval())
+    example = (torch.rand(2, 1, image_size, image_size) * 255.0,)
+    torch.onnx.export(
+        wrapped, example, str(out_path), dynamo=True, external_data=False, opset_version=opset,
+        input_names=["x"], output_names=["probabilities"],
+        # Key = forward()'s argument name; a batch of 2 in the example keeps the dimension symbolic.
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False,
+    )
+    proto = onnx.load(str(out_path))
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(out_path))
+    return out_path
+
+
+def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.ndarray, atol: float,
+                 batch_size: int = 8) -> dict[str, Any]:
+    """Compare ONNX Runtime (CPU) with torch (CPU, fp32) on the same uint8 images.
+
+    Both run on CPU in fp32 because parity checks the graph, not GPU numerics (torch's CUDA path is bf16).
+    A batch size that does not divide the image count exercises the dynamic batch dimension.
+
+    Returns:
+        {"images", "max_abs_diff", "atol", "argmax_mismatches", "passed", "provider", "batch_size"}.
+    """
+    from medpipe.evaluate import predict_probs
+
+    session = create_session(onnx_path, "cpu")
+    onnx_probs = predict_onnx(session, images, batch_size)
+    torch_probs = predict_probs(model, images, "cpu", batch_size)
+    max_diff = float(np.max(np.abs(onnx_probs.astype(np.float64) - torch_probs))) if len(images) else 0.0
+    mismatches = int(np.sum(onnx_probs.argmax(axis=1) != torch_probs.argmax(axis=1)))
+    return {"images": int(len(images)), "max_abs_diff": max_diff, "atol": float(atol),
+            "argmax_mismatches": mismatches, "passed": bool(max_diff <= atol and mismatches == 0),
+            "provider": session.get_providers()[0], "batch_size": batch_size}
+
+
+def _parity_images(cache_dir: Path, meta: dict[str, Any], limit: int) -> np.ndarray:
+    from medpipe.data.cache import load_cache
+
+    data = load_cache(cache_dir)
+    if list(data.classes) != list(meta["classes"]) or int(data.image_size) != int(meta["image_size"]):
+        raise ValueError(f"cache {cache_dir} holds classes {data.classes} at {data.image_size} px but the checkpoint "
+                         f"predicts {meta['classes']} at {meta['image_size']} px; use the cache it was trained on")
+    val = data.splits.get("val")
+    if val is None or len(val.labels) == 0:
+        raise ValueError(f"cache {cache_dir} has no val images: parity is checked on real validation images")
+    return np.asarray(val.images[:max(1, limit)])
+
+
+def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_path: str | Path,
+                metrics_path: str | Path | None = None, version: str | None = None) -> Path:
+    """Export a checkpoint to ONNX (probabilities out, metadata in) after checking it against torch.
+
+    Also writes `parity.json` beside `out_path`.
+
+    Args:
+        checkpoint: best.pt written by `medpipe.train`.
+        cache_dir: the cache the model was trained on (parity uses its val images).
+        cfg: the config (export.opset, export.parity_atol, export.parity_images).
+        out_path: the .onnx file to write (replaced atomically).
+        metrics_path: the model's metrics.json; its val summary goes into the metadata.
+        version: the model version stored in the metadata (default "unversioned").
+
+    Returns:
+        out_path.
+
+    Raises:
+        ParityError: max |Δ| above export.parity_atol or a different argmax; nothing is written.
+    """
+    from medpipe.train import load_checkpoint
+
+    version = version or "unversioned"
+    if not _VERSION.fullmatch(version) or ".." in version:
+        raise ValueError(f"version {version!r}: use 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "
+                         "or digit")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = load_checkpoint(checkpoint, "cpu")
+    images = _parity_images(Path(cache_dir), meta, cfg.export.parity_images)
+    metadata = model_metadata(model, meta, version, _metrics_summary(Path(metrics_path) if metrics_path else None))
+    # The model appears at out_path only after it passed the checker and parity; a failure removes the temp.
+    with atomic_output(out_path) as tmp:
+        export_module(model, tmp, int(meta["image_size"]), metadata, cfg.export.opset)
+        parity = check_parity(tmp, model, images, cfg.export.parity_atol)
+        if not parity["passed"]:
+            raise ParityError(
+                f"refusing to export {checkpoint}: ONNX Runtime vs torch on {parity['images']} validation images "
+                f"gives max |Δ probability| = {parity['max_abs_diff']:.3g} (allowed: export.parity_atol = "
+                f"{parity['atol']:.3g}) and {parity['argmax_mismatches']} different predicted classes (allowed: 0)")
+        parity.update({"onnx": out_path.name, "model_name": meta["model_name"], "version": version,
+                       "checkpoint": Path(checkpoint).name, "split": "val"})
+        atomic_write_text(out_path.parent / PARITY_NAME, json.dumps(parity, indent=2) + "\n")
+    _logger.info("exported %s (%s, version %s): parity max |Δ| %.2g on %d images", out_path, meta["model_name"],
+                 version, parity["max_abs_diff"], parity["images"])
+    return out_path

@@ -1,0 +1,228 @@
+"""Pick the challenger of a run and decide whether it may ship; every reason is recorded in gate.json.
+
+Gates, all on the split `cfg.gate.split` (val by default):
+1. absolute thresholds `cfg.gate.min_metrics` (names from `medpipe.evaluate.metrics.flatten_metrics`);
+2. balanced accuracy above the majority-class baseline's (`cfg.gate.must_beat_baseline`);
+3. the primary metric no worse than the champion's minus `cfg.gate.champion_tolerance`, where the champion is
+   re-scored from its published ONNX file on the cached images of the same split, never taken from its old
+   metrics (those were measured on an older dataset version).
+With no champion published yet (first run) only gates 1 and 2 apply, and gate.json says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medpipe.config import Config
+from medpipe.fileio import atomic_write_text
+
+__all__ = ["GateError", "gate_models", "pick_challenger", "rescore_champion", "GATE_NAME"]
+
+_logger = logging.getLogger(__name__)
+
+GATE_NAME = "gate.json"
+Flat = dict[str, float | None]
+
+
+class GateError(ValueError):
+    """The gate cannot decide (bad configuration or inputs); distinct from a model failing the gate."""
+
+
+def _check(name: str, value: float | None, threshold: float | None, passed: bool, reason: str) -> dict[str, Any]:
+    return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason}
+
+
+def _load_flat(path: Path, split: str) -> tuple[dict[str, Any], Flat]:
+    from medpipe.evaluate.metrics import flatten_metrics
+
+    if not path.is_file():
+        raise GateError(f"metrics file {path} does not exist; run `medpipe evaluate` first")
+    metrics = json.loads(path.read_text())
+    splits = metrics.get("splits") or {}
+    if split not in splits:
+        raise GateError(f"{path} has no metrics for split {split!r} (gate.split); it has {sorted(splits)}")
+    return metrics, flatten_metrics(splits[split])
+
+
+def pick_challenger(flat_by_model: dict[str, Flat], primary: str) -> str:
+    """The model with the highest `primary` metric; models where it is undefined (null) rank last.
+
+    Ties (common on small validation sets, where AUC saturates at 1.0) go to the higher balanced accuracy,
+    then to the first model in the given order, so the choice is reproducible.
+    """
+    order = list(flat_by_model)
+    defined = {name: flat for name, flat in flat_by_model.items() if flat.get(primary) is not None}
+    if not defined:
+        raise GateError(f"gate.primary_metric {primary!r} is undefined (null) for every model "
+                        f"({sorted(flat_by_model)}); choose a metric that exists on this split")
+    return max(defined, key=lambda name: (defined[name][primary], defined[name].get("balanced_accuracy") or 0.0,
+                                          -order.index(name)))
+
+
+def _validate_names(cfg: Config, available: Flat) -> None:
+    gate = cfg.gate
+    if not gate.min_metrics:
+        raise GateError("gate.min_metrics is empty: a gate without thresholds would pass anything. Configure at least "
+                        "one, e.g. gate.min_metrics={macro_auc: 0.8, balanced_accuracy: 0.55, recall_cancer: 0.4}")
+    names = sorted(available)
+    for name in [gate.primary_metric, *gate.min_metrics]:
+        if name not in available:
+            key = "gate.primary_metric" if name == gate.primary_metric else f"gate.min_metrics.{name}"
+            raise GateError(f"{key}: unknown metric {name!r}; available: {', '.join(names)}")
+
+
+def _absolute_checks(flat: Flat, min_metrics: dict[str, float]) -> list[dict[str, Any]]:
+    checks = []
+    for name, threshold in min_metrics.items():
+        value = flat.get(name)
+        if value is None:
+            checks.append(_check(f"min_{name}", None, threshold, False,
+                                 f"{name} is undefined on this split (null), so it cannot reach {threshold}"))
+        else:
+            ok = value >= threshold
+            checks.append(_check(f"min_{name}", value, threshold, ok,
+                                 f"{name} {value:.4f} {'>=' if ok else '<'} minimum {threshold}"))
+    return checks
+
+
+def _baseline_check(flat: Flat) -> dict[str, Any]:
+    value, baseline = flat.get("balanced_accuracy"), flat.get("baseline_balanced_accuracy")
+    if value is None or baseline is None:
+        return _check("beats_baseline", value, baseline, False, "balanced accuracy of model or baseline undefined")
+    ok = value > baseline
+    return _check("beats_baseline", value, baseline, ok, f"balanced_accuracy {value:.4f} "
+                  f"{'>' if ok else '<='} majority-class baseline {baseline:.4f}")
+
+
+def rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str], provider: str = "auto",
+                     batch_size: int = 64) -> dict[str, Any] | None:
+    """Download the champion's ONNX (sha256-verified) and compute its metrics on the cached `split`.
+
+    Returns:
+        None when the store has no champion, else {"model_name", "version", "sha256", "provider", "metrics"}
+        with metrics flat (`flatten_metrics`) and measured now, on the current data.
+    """
+    from medpipe.data.cache import load_cache
+    from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
+    from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
+    from medpipe.registry import read_champion, resolve_model
+
+    if read_champion(store) is None:
+        return None
+    data = load_cache(cache_dir)
+    arrays = data.splits.get(split)
+    if arrays is None or len(arrays.labels) == 0:
+        raise GateError(f"cache {cache_dir} has no {split!r} images to re-score the champion on")
+    with tempfile.TemporaryDirectory(prefix="medpipe-champion-") as tmp:
+        onnx_path, info = resolve_model(store, "champion", Path(tmp))
+        session = create_session(onnx_path, provider)
+        model_info = read_model_info(session, info.get("uri", onnx_path))
+        if model_info.classes != list(classes) or model_info.input_size != data.image_size:
+            raise GateError(
+                f"champion {info['model_name']}/{info['version']} predicts {model_info.classes} at "
+                f"{model_info.input_size} px but the current split holds {classes} at {data.image_size} px: the two "
+                "cannot be compared on the same images; publish the first model of the new setup by hand")
+        probs = predict_onnx(session, arrays.images, batch_size)
+        ran_on = active_provider(session)
+    train = data.splits.get("train")
+    baseline = majority_class(train.labels, len(classes)) if train is not None and len(train.labels) else None
+    metrics = compute_metrics(np.asarray(arrays.labels), probs, classes, baseline)
+    return {"model_name": info["model_name"], "version": info["version"], "sha256": info["sha256"],
+            "provider": ran_on, "split": split, "n": int(len(arrays.labels)), "metrics": flatten_metrics(metrics)}
+
+
+def _champion_check(flat: Flat, champion: dict[str, Any], primary: str, tolerance: float) -> dict[str, Any]:
+    value, theirs = flat.get(primary), champion["metrics"].get(primary)
+    if theirs is None:
+        return _check("not_worse_than_champion", value, None, True,
+                      f"champion's {primary} is undefined on this split; nothing to compare against")
+    threshold = theirs - tolerance
+    ok = value is not None and value >= threshold
+    shown = "undefined" if value is None else f"{value:.4f}"
+    return _check("not_worse_than_champion", value, threshold, ok,
+                  f"{primary} {shown} {'>=' if ok else '<'} champion {champion['model_name']}/{champion['version']} "
+                  f"{theirs:.4f} (re-scored on the current split) minus tolerance {tolerance}")
+
+
+def _check_same_data(metrics: dict[str, dict[str, Any]], cache_dir: Path | None) -> list[str]:
+    """Every model must have been evaluated on the same dataset version (and on the cache, when given)."""
+    hashes = {name: m.get("manifest_hash") for name, m in metrics.items()}
+    classes = {name: m.get("classes") for name, m in metrics.items()}
+    if len(set(hashes.values())) > 1 or len({json.dumps(c) for c in classes.values()}) > 1:
+        raise GateError(f"the models were evaluated on different data: manifest hashes {hashes}, classes {classes}")
+    if cache_dir is not None:
+        from medpipe.data.cache import load_cache
+
+        current = load_cache(cache_dir).manifest_hash
+        if current not in hashes.values():
+            raise GateError(f"the metrics are for dataset {next(iter(hashes.values()))} but cache {cache_dir} holds "
+                            f"dataset {current}; evaluate the models on the current data first")
+    return list(next(iter(classes.values())))
+
+
+def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Path, store: Any = None,
+                cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Pick the challenger and decide whether it passes; writes the decision to `out_path` (gate.json).
+
+    Args:
+        metrics_paths: model name -> its metrics.json (from `evaluate_model`).
+        cfg: the config (gate section; score.provider/batch_size for re-scoring the champion).
+        out_path: where gate.json goes.
+        store: the model store holding the champion; None skips the champion comparison (reported).
+        cache_dir: the current data cache, needed to re-score a champion on the same split.
+
+    Returns:
+        The decision: {passed, challenger, challenger_metrics, champion, checks, reasons, first_run, ...}.
+
+    Raises:
+        GateError: no thresholds configured, unknown metric names, missing splits, incomparable data.
+    """
+    if not metrics_paths:
+        raise GateError("no models to gate: metrics_paths is empty")
+    gate, split = cfg.gate, cfg.gate.split
+    loaded = {name: _load_flat(Path(path), split) for name, path in metrics_paths.items()}
+    flat_by_model = {name: flat for name, (_, flat) in loaded.items()}
+    _validate_names(cfg, next(iter(flat_by_model.values())))
+    cache_dir = Path(cache_dir) if cache_dir is not None else None
+    classes = _check_same_data({name: m for name, (m, _) in loaded.items()}, cache_dir)
+    challenger = pick_challenger(flat_by_model, gate.primary_metric)
+    flat = flat_by_model[challenger]
+    checks = _absolute_checks(flat, gate.min_metrics)
+    if gate.must_beat_baseline:
+        checks.append(_baseline_check(flat))
+    champion, notes = _find_champion(store, cache_dir, split, classes, cfg)
+    if champion is not None:
+        checks.append(_champion_check(flat, champion, gate.primary_metric, gate.champion_tolerance))
+    passed = all(c["passed"] for c in checks)
+    failed = [c["reason"] for c in checks if not c["passed"]]
+    reasons = notes + (failed or [f"{challenger} passed all {len(checks)} checks"])
+    decision = {
+        "passed": passed, "challenger": challenger, "split": split, "primary_metric": gate.primary_metric,
+        "candidates": {name: {"primary": f.get(gate.primary_metric), "metrics": str(metrics_paths[name])}
+                       for name, f in flat_by_model.items()},
+        "challenger_metrics": flat, "champion": champion, "first_run": champion is None,
+        "tolerance": gate.champion_tolerance, "checks": checks, "reasons": reasons,
+    }
+    atomic_write_text(out_path, json.dumps(decision, indent=2, allow_nan=False) + "\n")
+    _logger.info("gate %s for %s: %s", "PASSED" if passed else "FAILED", challenger, "; ".join(reasons))
+    return decision
+
+
+def _find_champion(store: Any, cache_dir: Path | None, split: str, classes: list[str],
+                   cfg: Config) -> tuple[dict[str, Any] | None, list[str]]:
+    """(re-scored champion or None, notes for the report)."""
+    from medpipe.registry import read_champion
+
+    if store is None:
+        return None, ["no model store given: the champion comparison was not done; only the absolute gates apply"]
+    if read_champion(store) is None:
+        return None, [f"first run: no champion in {store.uri()}; only the absolute gates apply"]
+    if cache_dir is None:
+        raise GateError("a champion is published: pass cache_dir so it can be re-scored on the current split")
+    return rescore_champion(store, cache_dir, split, classes, cfg.score.provider, cfg.score.batch_size), []

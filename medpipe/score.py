@@ -1,0 +1,231 @@
+"""Batch scoring: every image under a folder -> one CSV row of class probabilities, with ONNX Runtime.
+
+Images go through `medpipe.preprocess.load_image`, the function that built the training/evaluation cache, so a
+model sees in production exactly the pixels it was evaluated on. Decoding runs in a thread pool (PIL releases the
+GIL) a couple of batches ahead of inference, so decoding and ONNX Runtime overlap. Files that cannot be scored
+(unsupported type, corrupt, too large, a link leading outside the folder) go to `<output stem>.errors.csv` with
+the reason; they are counted, never fatal. Outputs are written atomically; an existing output is kept unless
+`resume` (score only what is missing, keep its rows) or `overwrite` is asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medpipe.config import Config
+from medpipe.fileio import atomic_output, sha256_file
+from medpipe.onnx_runtime import active_provider, create_session, read_model_info
+from medpipe.preprocess import IMAGE_EXTENSIONS, PREPROCESS_VERSION, ImageError, load_image
+
+__all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
+
+_logger = logging.getLogger(__name__)
+_PREFETCH_BATCHES = 2  # decode this many batches ahead of inference
+
+
+class ScoreError(RuntimeError):
+    """Scoring cannot start (bad paths, an existing output, an output from another model version)."""
+
+
+def errors_path_for(output_csv: str | Path) -> Path:
+    """`preds.csv` -> `preds.errors.csv`: where the files that could not be scored are listed."""
+    output_csv = Path(output_csv)
+    return output_csv.with_name(f"{output_csv.stem}.errors.csv")
+
+
+def list_input_files(input_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Walk `input_dir` recursively in a stable order.
+
+    Returns:
+        (images as (relative POSIX path, path), errors as (relative path, reason) for files not to be scored).
+    """
+    root = input_dir.resolve()
+    images, errors = [], []
+    for path in sorted(p for p in input_dir.rglob("*") if not p.is_dir()):
+        rel = path.relative_to(input_dir).as_posix()
+        if not path.resolve().is_relative_to(root):
+            errors.append((rel, "a link leading outside the input folder; refused"))
+        elif not path.is_file():
+            errors.append((rel, "not a regular file (broken link, socket or device)"))
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            errors.append((rel, f"unsupported file type {path.suffix or '(no extension)'!r}; "
+                                f"expected one of {sorted(IMAGE_EXTENSIONS)}"))
+        else:
+            images.append((rel, path))
+    return images, errors
+
+
+def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """A local .onnx file (or a folder holding model.onnx) as is; anything else through the registry."""
+    path = Path(model_ref)
+    if path.is_dir() and (path / "model.onnx").is_file():
+        path = path / "model.onnx"
+    if path.is_file():
+        return path, {"source": "local", "path": str(path), "sha256": sha256_file(path)}
+    if str(model_ref).endswith(".onnx"):
+        raise FileNotFoundError(f"model file {model_ref} does not exist")
+    from medpipe.registry import resolve_model
+    from medpipe.store import open_store
+
+    # resolve_model verifies the download against the published sha256 and raises IntegrityError otherwise.
+    return resolve_model(store if store is not None else open_store(cfg.store), str(model_ref), tmp)
+
+
+def _read_existing(output_csv: Path, header: list[str], version: str) -> list[list[str]]:
+    """Rows of an earlier output to keep on --resume; refuses a different layout or model version."""
+    with output_csv.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        found = next(reader, None)
+        if found != header:
+            raise ScoreError(f"--resume: {output_csv} has columns {found}, expected {header}; "
+                             "it was written by another model, so score into a new file")
+        rows = [row for row in reader if row]
+    versions = sorted({row[-1] for row in rows} - {version})
+    if versions:
+        raise ScoreError(f"--resume: {output_csv} holds rows of model version(s) {versions}, now scoring with "
+                         f"{version!r}; mixing versions in one file is refused, score into a new file")
+    return rows
+
+
+def _decode_batches(files: list[tuple[str, Path]], size: int, max_pixels: int, batch_size: int,
+                    workers: int) -> Iterator[list[tuple[str, np.ndarray | ImageError]]]:
+    """Yield batches of (rel, image or ImageError) in file order while the pool keeps decoding ahead."""
+
+    def _load(path: Path) -> np.ndarray | ImageError:
+        try:
+            return load_image(path, size, max_pixels)
+        except ImageError as exc:
+            return exc
+
+    pending: deque[tuple[str, Future]] = deque()
+    todo = iter(files)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+
+        def _fill() -> None:
+            while len(pending) < batch_size * _PREFETCH_BATCHES:
+                item = next(todo, None)
+                if item is None:
+                    return
+                pending.append((item[0], pool.submit(_load, item[1])))
+
+        try:
+            _fill()
+            while pending:
+                batch = []
+                while pending and len(batch) < batch_size:
+                    rel, future = pending.popleft()
+                    batch.append((rel, future.result()))
+                    _fill()
+                yield batch
+        finally:
+            for _, future in pending:  # stopped early: do not decode what nobody will read
+                future.cancel()
+
+
+def _write_csv_atomic(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _check_paths(input_dir: Path, output_csv: Path, resume: bool, overwrite: bool) -> None:
+    if not input_dir.is_dir():
+        raise ScoreError(f"input folder {input_dir} does not exist or is not a folder")
+    if output_csv.resolve().is_relative_to(input_dir.resolve()):
+        raise ScoreError(f"output {output_csv} is inside the input folder {input_dir}: it would be scored as an "
+                         "input on the next run; write it elsewhere")
+    if resume and overwrite:
+        raise ScoreError("--resume and --overwrite exclude each other: resume keeps the rows, overwrite drops them")
+    if output_csv.exists() and not (resume or overwrite):
+        raise ScoreError(f"output {output_csv} already exists; pass --resume to score only the missing files or "
+                         "--overwrite to replace it")
+
+
+def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size: int, version: str,
+                 rows: list[list[str]], errors: list[tuple[str, str]], classes: list[str]) -> None:
+    """Append one row per scored image to `rows` and one entry per failure to `errors`, in place."""
+    input_name = session.get_inputs()[0].name
+    batches = _decode_batches(files, size, cfg.data.max_pixels, cfg.score.batch_size, cfg.score.decode_workers)
+    with tqdm(total=len(files), desc="score", unit="img", disable=None) as bar:
+        for batch in batches:
+            good = [(rel, arr) for rel, arr in batch if isinstance(arr, np.ndarray)]
+            errors.extend((rel, exc.reason) for rel, exc in batch if isinstance(exc, ImageError))
+            if good:
+                x = np.stack([arr for _, arr in good])[:, None].astype(np.float32)
+                probs = session.run(None, {input_name: x})[0]
+                for (rel, _), p in zip(good, probs):
+                    rows.append([rel, classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p), version])
+            bar.update(len(batch))
+
+
+def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_csv: str | Path, cfg: Config,
+                 store: Any = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Score every image under `input_dir` with an ONNX model; one CSV row per image.
+
+    Args:
+        model_ref_or_path: "champion", a version ("VERSION" or "MODEL/VERSION") in the store, or a local .onnx
+            file (or a folder holding model.onnx).
+        input_dir: scanned recursively; paths in the CSV are relative to it.
+        output_csv: columns path, predicted, prob_<class>..., model_version. Must not be inside input_dir.
+        cfg: the config (score.batch_size, score.decode_workers, score.provider, data.max_pixels, store).
+        store: the model store; default `open_store(cfg.store)` when a store reference is given.
+        resume: keep the rows of an existing output and score only the files it lacks.
+        overwrite: replace an existing output.
+
+    Returns:
+        Summary: output, errors_file, provider, model_version, scored, kept, errors, seconds, images_per_s.
+    """
+    input_dir, output_csv = Path(input_dir), Path(output_csv)
+    _check_paths(input_dir, output_csv, resume, overwrite)
+    with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:
+        onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp))
+        session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
+    info = read_model_info(session, source.get("uri", onnx_path))
+    if info.preprocess_version not in (None, PREPROCESS_VERSION):
+        raise ScoreError(f"model {model_ref_or_path} was trained on pixels of preprocess version "
+                         f"{info.preprocess_version}, this medpipe produces version {PREPROCESS_VERSION}: its "
+                         "predictions would not match its evaluation; score with the medpipe release it came from")
+    version = str(source.get("version") or info.version or "unversioned")
+    header = ["path", "predicted", *(f"prob_{c}" for c in info.classes), "model_version"]
+    rows = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
+    kept = len(rows)
+    done = {row[0] for row in rows}
+    images, errors = list_input_files(input_dir)
+    n_files = len(images) + len(errors)
+    todo = [(rel, path) for rel, path in images if rel not in done]
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes)
+    except BaseException:
+        # Interrupted: keep what was scored (with the kept rows) so --resume continues, unless that would
+        # replace an output the caller asked to overwrite only once scoring completes.
+        if len(rows) > kept and not (overwrite and output_csv.exists()):
+            _write_csv_atomic(output_csv, header, rows)
+            _logger.warning("interrupted: %d rows saved to %s; rerun with --resume to finish", len(rows), output_csv)
+        raise
+    seconds = time.perf_counter() - started
+    _write_csv_atomic(output_csv, header, rows)
+    errors_file = errors_path_for(output_csv)
+    _write_csv_atomic(errors_file, ["path", "reason"], [list(e) for e in errors])
+    scored = len(rows) - kept
+    summary = {"output": str(output_csv), "errors_file": str(errors_file), "provider": active_provider(session),
+               "model_version": version, "model_name": info.model_name, "model_sha256": source.get("sha256"),
+               "files": n_files, "scored": scored, "kept": kept,
+               "errors": len(errors), "seconds": round(seconds, 3),
+               "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None}
+    _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
+                 len(errors), version, summary["provider"], seconds)
+    return summary

@@ -1,0 +1,77 @@
+"""PublishModelOperator: publish one staged model version to the registry, with a link to its Models page.
+
+Why an operator and not a `@task`: an Airflow extra link belongs to an operator *class*
+(`operator_extra_links`). In Airflow 3 the worker calls each link's `get_link` after the task ran and stores
+the URL in XCom (key `_link_<LinkClass>`); the API server shows that URL on the task instance. A `@task`
+function is always a `_PythonDecoratedOperator`, whose class we do not own, so the publish step is this thin
+operator: `__init__` stores arguments, `execute` calls `medpipe.registry.publish_version` once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+__all__ = ["ModelPageLink", "PublishModelOperator", "model_page_url"]
+
+_logger = logging.getLogger(__name__)
+
+
+def model_page_url(model_name: str, version: str) -> str:
+    """Absolute URL when `[api] base_url` is set, else a path on the API server (same origin as the UI)."""
+    from medpipe_plugin.app import model_page_path
+
+    base = conf.get("api", "base_url", fallback="/") or "/"
+    return urljoin(base.rstrip("/") + "/", model_page_path(model_name, version).lstrip("/"))
+
+
+class ModelPageLink(BaseOperatorLink):
+    """"Model page" button on the publish task: the published version on the Models page."""
+
+    name = "Model page"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        published = XCom.get_value(ti_key=ti_key, key="return_value")
+        if not isinstance(published, dict) or "model_name" not in published:
+            return ""  # the task did not publish (failed or skipped): no page to link to
+        return model_page_url(published["model_name"], published["version"])
+
+
+class PublishModelOperator(BaseOperator):
+    """Upload a staged version folder as `models/<model_name>/<version>/` and make it the champion.
+
+    Args:
+        release: `{"version_dir", "model_name", "version"}` (an XComArg from the staging task).
+        config_path: the run's resolved config; its `store` section names the store.
+    """
+
+    template_fields = ("release", "config_path")
+    operator_extra_links = (ModelPageLink(),)
+    ui_color = "#ffe8a3"
+
+    def __init__(self, *, release: dict[str, str] | Any, config_path: str | Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.release = release
+        self.config_path = config_path
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from medpipe.config import load_config
+        from medpipe.registry import publish_version
+        from medpipe.store import open_store
+
+        store = open_store(load_config(self.config_path).store)
+        result = publish_version(store, Path(self.release["version_dir"]), self.release["model_name"],
+                                 self.release["version"])
+        _logger.info("%s %s/%s at %s; champion updated: %s", result["status"], result["model_name"],
+                     result["version"], result["uri"], result["champion_updated"])
+        return result

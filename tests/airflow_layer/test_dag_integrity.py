@@ -1,0 +1,114 @@
+"""DAG integrity: the DAG files parse without errors and have the structure the pipeline relies on."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAGS_FOLDER = REPO_ROOT / "dags"
+RETRAIN_EDGES = {
+    ("resolve_config", "validate_data"), ("validate_data", "build_cache"),
+    ("build_cache", "train_custom_cnn"), ("build_cache", "train_resnet18"),
+    ("train_custom_cnn", "evaluate_custom_cnn"), ("train_resnet18", "evaluate_resnet18"),
+    ("evaluate_custom_cnn", "gate"), ("evaluate_resnet18", "gate"), ("gate", "gate_passed"),
+    ("gate_passed", "export"), ("export", "stage_release"), ("stage_release", "publish"),
+}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def test_no_import_errors_and_both_dags_present(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert {"medpipe_retrain", "medpipe_score"} <= set(dagbag.dag_ids)
+
+
+@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score"])
+def test_every_dag_has_docs_tags_no_catchup_and_retrying_tasks(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    assert dag.doc_md and dag_id in dag.doc_md
+    assert "medpipe" in dag.tags
+    assert dag.catchup is False
+    assert dag.fileloc.endswith(f"{dag_id}.py"), "a DAG file is named after its dag_id"
+    for t in dag.tasks:
+        assert t.retries >= 2, t.task_id
+        assert t.retry_exponential_backoff > 0 and t.max_retry_delay <= timedelta(minutes=30), t.task_id
+
+
+def test_retrain_dependencies(dagbag) -> None:
+    dag = dagbag.dags["medpipe_retrain"]
+    edges = {(up, t.task_id) for t in dag.tasks for up in t.upstream_task_ids}
+    assert RETRAIN_EDGES <= edges, RETRAIN_EDGES - edges
+    # The two models train side by side: neither waits for the other.
+    assert "train_resnet18" not in dag.get_task("train_custom_cnn").get_flat_relative_ids(upstream=True)
+    assert "train_custom_cnn" not in dag.get_task("train_resnet18").get_flat_relative_ids(upstream=True)
+    assert dag.get_task("gate_passed").task_type in ("_ShortCircuitDecoratedOperator", "ShortCircuitOperator")
+    assert dag.schedule == "@weekly" and dag.max_active_runs == 1
+
+
+def test_gpu_tasks_use_the_gpu_pool_and_queue(dagbag) -> None:
+    retrain, score = dagbag.dags["medpipe_retrain"], dagbag.dags["medpipe_score"]
+    gpu_tasks = [retrain.get_task("train_custom_cnn"), retrain.get_task("train_resnet18"), score.get_task("score")]
+    for t in gpu_tasks:
+        assert (t.pool, t.pool_slots, t.queue) == ("gpu", 1, "default"), t.task_id
+    cpu_tasks = [t for t in retrain.tasks + score.tasks if t not in gpu_tasks]
+    assert all(t.pool != "gpu" for t in cpu_tasks)
+
+
+def test_publish_updates_the_champion_asset_that_schedules_scoring(dagbag) -> None:
+    publish = dagbag.dags["medpipe_retrain"].get_task("publish")
+    assert [a.uri for a in publish.outlets] == ["medpipe://champion/"]
+    assert [link.name for link in publish.operator_extra_links] == ["Model page"]
+    score = dagbag.dags["medpipe_score"]
+    assert [a.uri for a in score.schedule] == ["medpipe://champion/"]
+
+
+def test_params_have_working_defaults(dagbag) -> None:
+    params = dagbag.dags["medpipe_retrain"].params
+    assert Path(params["data_root"]) == REPO_ROOT / "sample_data" / "mammo-ddsm-sample"
+    assert Path(params["config"]) == REPO_ROOT / "configs" / "sample.yaml"
+    assert Path(params["data_root"]).is_dir() and Path(params["config"]).is_file()
+    assert params["overrides"] == []
+    assert Path(dagbag.dags["medpipe_score"].params["input"]).is_dir()
+
+
+def test_schedule_and_queue_come_from_the_environment(tmp_path: Path) -> None:
+    """A fresh interpreter with the deployment variables set parses them into the DAG."""
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"b = DagBag(dag_folder={str(DAGS_FOLDER)!r})\n"
+        "assert not b.import_errors, b.import_errors\n"
+        "d = b.get_dag('medpipe_retrain')\n"
+        "print(d.schedule, d.get_task('train_resnet18').queue, d.get_task('train_resnet18').pool, "
+        "d.params['data_root'])\n"
+    )
+    env = {**__import__("os").environ, "MEDPIPE_RETRAIN_SCHEDULE": "0 3 * * 1", "MEDPIPE_GPU_QUEUE": "gpu",
+           "MEDPIPE_GPU_POOL": "a100", "MEDPIPE_DATA_ROOT": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"0 3 * * 1 gpu a100 {tmp_path}"
+
+
+def _task_bodies(path: Path) -> list[ast.FunctionDef]:
+    tree = ast.parse(path.read_text())
+    return [n for n in tree.body if isinstance(n, ast.FunctionDef)
+            and any("task" in ast.unparse(d) for d in n.decorator_list)]
+
+
+@pytest.mark.parametrize("name", ["medpipe_retrain.py", "medpipe_score.py"])
+def test_dag_files_import_medpipe_only_inside_tasks(name: str) -> None:
+    """Parsing a DAG file must stay cheap: no medpipe/torch import at module level."""
+    tree = ast.parse((DAGS_FOLDER / name).read_text())
+    top_imports = [ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not [i for i in top_imports if "medpipe." in i.replace("medpipe_plugin", "") or "torch" in i]
+    assert _task_bodies(DAGS_FOLDER / name), "no @task functions found"

@@ -1,0 +1,139 @@
+"""The DAGs end to end with `dag.test()`: real Airflow, real training on tiny images, a real S3 server on loopback.
+
+One scenario, in order, because each step needs the state the previous one left in the store:
+1. a first retraining run publishes a champion (and the publish task carries the "Model page" link);
+2. a second run trains with learning rate 0 (untrained models): the gate fails, export and publish are
+   skipped, and the champion stays what it was;
+3. the scoring DAG scores a folder with that champion and uploads predictions + errors to the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from medpipe_testdata import write_dataset
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PUBLISH_TASKS = {"export", "stage_release", "publish"}
+# A few seconds of CPU training that passes the DEFAULT gate (macro AUC >= 0.80, balanced accuracy >= 0.55, cancer
+# recall >= 0.40, beats the baseline) with margin. The synthetic classes are balanced, so no class weights and no
+# weighted sampling: after a dozen steps they make a model answer one class whatever it ranks (balanced accuracy
+# 1/3 despite AUC 1.0). Shared with test_e2e_standalone.py.
+FAST_TRAINING = ["data.image_size=32", "train.epochs=3", "train.batch_size=8", "train.patience=5", "train.device=cpu",
+                 "train.class_weights=none", "train.weighted_sampling=false", "augment.enabled=false",
+                 "models.resnet18.weights=none"]
+# Learning rate 0 everywhere (ResNet-18 has its own head/backbone rates): both models stay at their random init.
+UNTRAINED = ["train.lr=0", "models.resnet18.head_lr=0", "models.resnet18.backbone_lr=0"]
+
+
+def _fast_overrides(endpoint_url: str) -> list[str]:
+    return [*FAST_TRAINING, "export.parity_images=8", "score.provider=cpu",
+            f"store.endpoint_url={endpoint_url}", "store.max_attempts=2"]
+
+
+def _dags() -> dict[str, Any]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def _xcoms(dag_run, task_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(select(XComModel).where(
+            XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.task_id == task_id))
+        return {row.key: XComModel.deserialize_value(row) for row in rows}
+
+
+def _read_csv(data: bytes) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+@pytest.fixture
+def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A failing task would otherwise wait minutes for its retries; here a failure must fail the test at once.
+    monkeypatch.setenv("MEDPIPE_TASK_RETRIES", "0")
+
+
+def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champion(
+        no_retries, s3_server, tmp_path: Path) -> None:
+    from medpipe.registry import list_versions, read_champion
+    from medpipe.store import open_store
+    from medpipe_plugin.settings import run_folder_name
+
+    dags = _dags()
+    data = write_dataset(tmp_path / "data", per_class=8, size=32)
+    store = open_store(s3_server.store_config(prefix="medpipe"))
+    conf = {"data_root": str(data), "config": "", "store_uri": store.uri(), "work_root": str(tmp_path / "work"),
+            "overrides": _fast_overrides(s3_server.endpoint_url)}
+
+    first = dags["medpipe_retrain"].test(run_conf=conf)
+    assert str(first.state) == "success", _states(first)
+    assert set(_states(first).values()) == {"success"}
+    champion = read_champion(store)
+    published = _xcoms(first, "publish")
+    assert champion is not None and published["return_value"]["status"] == "published"
+    assert (champion["model_name"], champion["version"]) == (published["return_value"]["model_name"],
+                                                             published["return_value"]["version"])
+    assert published["_link_ModelPageLink"] == f"/medpipe/models/{champion['model_name']}/{champion['version']}"
+    version_prefix = f"models/{champion['model_name']}/{champion['version']}/"
+    stored = {k.removeprefix(version_prefix) for k in store.list(version_prefix)}
+    assert {"model.onnx", "metrics.json", "gate.json", "model_card.md", "config.yaml", "manifest.json"} <= stored
+    assert any(name.startswith("plots/") and name.endswith("_roc.png") for name in stored)
+
+    worse = dags["medpipe_retrain"].test(run_conf={**conf, "overrides": conf["overrides"] + UNTRAINED})
+    states = _states(worse)
+    assert str(worse.state) == "success", states
+    assert {t: states[t] for t in ("gate", "gate_passed")} == {"gate": "success", "gate_passed": "success"}
+    assert {states[t] for t in PUBLISH_TASKS} == {"skipped"}
+    decision = _xcoms(worse, "gate")
+    assert decision["return_value"]["passed"] is False
+    assert decision["reasons"] and any(not check["passed"] for check in decision["checks"])
+    assert any(check["name"] == "not_worse_than_champion" for check in decision["checks"])
+    assert read_champion(store) == champion
+    assert len(list_versions(store)) == 1
+
+    inbox = write_dataset(tmp_path / "inbox", per_class={"val": 2}, splits=("val",), size=32, seed=7)
+    (inbox / "val" / "broken.png").write_bytes(b"not a png")
+    scored = dags["medpipe_score"].test(run_conf={
+        "input": str(inbox), "config": "", "store_uri": store.uri(), "work_root": str(tmp_path / "work"),
+        "overrides": [f"store.endpoint_url={s3_server.endpoint_url}", "score.provider=cpu"]})
+    assert str(scored.state) == "success", _states(scored)
+    prefix = f"scores/{run_folder_name(scored.run_id)}/"
+    assert store.list(prefix) == [prefix + "predictions.csv", prefix + "predictions.errors.csv"]
+    rows = _read_csv(store.get_bytes(prefix + "predictions.csv"))
+    assert len(rows) == 6 and {r["model_version"] for r in rows} == {champion["version"]}
+    assert {r["predicted"] for r in rows} <= {"normal", "benign", "cancer"}
+    errors = _read_csv(store.get_bytes(prefix + "predictions.errors.csv"))
+    assert [e["path"] for e in errors] == ["val/broken.png"]
+
+
+def test_invalid_dataset_fails_the_run_at_validation(tmp_path: Path) -> None:
+    """Bad data fails at once (AirflowFailException: no retries, even with the default retries=2)."""
+    from medpipe_plugin.settings import run_folder_name
+
+    data = write_dataset(tmp_path / "data", per_class=2, splits=("train",), size=32)  # no val split
+    dag_run = _dags()["medpipe_retrain"].test(run_conf={
+        "data_root": str(data), "config": "", "store_uri": str(tmp_path / "store"),
+        "work_root": str(tmp_path / "work"), "overrides": ["data.image_size=32"]})
+    states = _states(dag_run)
+    assert str(dag_run.state) == "failed"
+    assert states["validate_data"] == "failed"
+    assert {states[t] for t in ("build_cache", "train_resnet18", "gate", "publish")} == {"upstream_failed"}
+    assert (tmp_path / "work" / run_folder_name(dag_run.run_id) / "validation" / "validation.md").is_file()
+    assert not (tmp_path / "store").exists()

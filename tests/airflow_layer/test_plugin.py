@@ -1,0 +1,181 @@
+"""The Models page as Airflow's API server mounts it: real app, real auth manager, a registry written by medpipe.
+
+The registry is published with `medpipe.registry.publish_version` into a local store: one champion that
+passed the gate, and one older version whose gate record failed (with reasons holding HTML, to prove escaping).
+The browser test of the same page is in test_e2e_standalone.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CLASSES = ["normal", "benign", "cancer"]
+
+
+def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
+    per_class = {c: {"precision": 0.5, "recall": 0.25 if c == "cancer" else 0.75, "f1": 0.5, "support": 4,
+                     "roc_auc": auc, "average_precision": 0.4} for c in CLASSES}
+    return {"n": 12, "accuracy": accuracy, "balanced_accuracy": accuracy - 0.1, "f1_weighted": 0.6, "f1_macro": 0.55,
+            "macro_auc": auc, "per_class": per_class, "confusion_matrix": [[3, 1, 0], [1, 2, 1], [0, 1, 3]],
+            "baseline": {"majority_class": "normal", "accuracy": 0.33, "balanced_accuracy": 0.33,
+                         "f1_weighted": 0.17, "f1_macro": 0.17, "macro_auc": 0.5}}
+
+
+def _version_folder(root: Path, model: str, accuracy: float, auc: float | None, gate: dict[str, Any]) -> Path:
+    folder = root / model
+    (folder / "plots").mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"\x08\x07onnx-bytes-of-" + model.encode())
+    metrics = {"model": model, "classes": CLASSES, "manifest_hash": "abc", "splits": {"val": _split_metrics(accuracy, auc)}}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "gate.json").write_text(json.dumps(gate))
+    (folder / "model_card.md").write_text(f"# {model}\n\n<script>alert(1)</script>\n")
+    (folder / "config.yaml").write_text("data:\n  image_size: 32\n")
+    for kind in ("val_confusion", "val_roc"):
+        Image.fromarray(np.full((8, 8), 200, np.uint8)).save(folder / "plots" / f"{kind}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from medpipe.config import StoreConfig
+    from medpipe.registry import publish_version
+    from medpipe.store import open_store
+
+    root = tmp_path_factory.mktemp("registry")
+    store = open_store(StoreConfig(uri=str(root / "store")))
+    failed_gate = {"passed": False, "challenger": "custom_cnn",
+                   "reasons": ["macro_auc 0.61 < minimum 0.8", "<b>not</b> better than the baseline"]}
+    passed_gate = {"passed": True, "challenger": "resnet18", "reasons": ["resnet18 passed all 4 checks"]}
+    publish_version(store, _version_folder(root, "custom_cnn", 0.5, 0.61, failed_gate), "custom_cnn",
+                    "20260101T000000-aaaaaa", make_champion=False)
+    publish_version(store, _version_folder(root, "resnet18", 0.875, None, passed_gate), "resnet18",
+                    "20260108T000000-bbbbbb")
+    store.put_bytes("models/custom_cnn/damaged-1/metrics.json", b"{not json")  # an upload that died half-way
+    return {"store_uri": str(root / "store"), "store": store}
+
+
+@pytest.fixture(scope="module")
+def client(registry):
+    from fastapi.testclient import TestClient
+
+    from airflow.api_fastapi.app import create_app, purge_cached_app
+
+    previous = os.environ.get("MEDPIPE_STORE_URI")
+    os.environ["MEDPIPE_STORE_URI"] = registry["store_uri"]
+    with TestClient(create_app(), base_url="http://localhost:8080", follow_redirects=False) as test_client:
+        yield test_client
+    purge_cached_app()
+    if previous is None:
+        os.environ.pop("MEDPIPE_STORE_URI", None)
+    else:
+        os.environ["MEDPIPE_STORE_URI"] = previous
+
+
+@pytest.fixture(scope="module")
+def auth(client, admin_password: str) -> dict[str, str]:
+    response = client.post("/auth/token", json={"username": "admin", "password": admin_password})
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def test_page_is_refused_without_credentials(client) -> None:
+    api = client.get("/medpipe/models", headers={"Accept": "application/json"})
+    assert api.status_code == 401
+    browser = client.get("/medpipe/models/resnet18/20260108T000000-bbbbbb", headers={"Accept": "text/html"})
+    assert browser.status_code == 303
+    assert browser.headers["location"].startswith("/auth/login?next=")
+    assert "medpipe%2Fmodels%2Fresnet18" in browser.headers["location"]
+    files = client.get("/medpipe/models/resnet18/20260108T000000-bbbbbb/files/model.onnx")
+    assert files.status_code == 401
+    assert client.get("/medpipe/models", headers={"Authorization": "Bearer not-a-token"}).status_code == 403
+
+
+def test_overview_lists_versions_champion_metrics_gate_and_links(client, auth) -> None:
+    response = client.get("/medpipe/models", headers=auth)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    champion_row = page[page.index('id="resnet18-20260108T000000-bbbbbb"'):]
+    champion_row = champion_row[:champion_row.index("</tr>")]
+    assert "champion" in champion_row and "0.875" in champion_row and "passed" in champion_row
+    assert "—" in champion_row  # macro_auc null is shown as undefined, not as a number
+    other_row = page[page.index('id="custom_cnn-20260101T000000-aaaaaa"'):]
+    other_row = other_row[:other_row.index("</tr>")]
+    assert "champion" not in other_row and "failed" in other_row and "0.610" in other_row
+    assert "macro_auc 0.61 &lt; minimum 0.8" in other_row
+    assert "&lt;b&gt;not&lt;/b&gt;" in other_row and "<b>not</b>" not in page
+    damaged = page[page.index('id="custom_cnn-damaged-1"'):]
+    damaged = damaged[:damaged.index("</tr>")]
+    assert "model.onnx is missing" in damaged and "metrics.json is not valid JSON" in damaged
+    for name in ("model.onnx", "model_card.md", "plots/val_roc.png", "plots/val_confusion.png"):
+        assert f'/medpipe/models/resnet18/20260108T000000-bbbbbb/files/{name}"' in champion_row
+
+
+def test_version_page_and_files_come_from_the_store(client, auth, registry) -> None:
+    page = client.get("/medpipe/models/custom_cnn/20260101T000000-aaaaaa", headers=auth)
+    assert page.status_code == 200
+    assert "failed" in page.text and "majority baseline" in page.text and "cancer" in page.text
+    key = "models/resnet18/20260108T000000-bbbbbb/"
+    png = client.get(f"/medpipe/{key}files/plots/val_roc.png", headers=auth)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert png.content == registry["store"].get_bytes(key + "plots/val_roc.png")
+    onnx = client.get(f"/medpipe/{key}files/model.onnx", headers=auth)
+    assert onnx.content == registry["store"].get_bytes(key + "model.onnx")
+    assert onnx.headers["content-disposition"].startswith("attachment")
+    card = client.get(f"/medpipe/{key}files/model_card.md", headers=auth)
+    assert card.headers["content-type"].startswith("text/plain")  # never rendered as HTML
+    assert card.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/medpipe/models/resnet18/20260108T000000-bbbbbb/files/%2E%2E/%2E%2E/champion.json", 400),
+    # The client resolves dot segments itself: this arrives as version "champion.json" of resnet18 -> 404.
+    ("/medpipe/models/resnet18/20260108T000000-bbbbbb/files/plots/../../../champion.json", 404),
+    ("/medpipe/models/resnet18/20260108T000000-bbbbbb/files/secrets.txt", 400),
+    ("/medpipe/models/resnet18/%2E%2E/files/model.onnx", 400),
+    ("/medpipe/models/resnet18/20990101T000000-cccccc/files/model.onnx", 404),
+    ("/medpipe/models/resnet18/20990101T000000-cccccc", 404),
+])
+def test_bad_or_unknown_keys_are_refused(client, auth, path: str, status: int) -> None:
+    response = client.get(path, headers=auth)
+    assert response.status_code == status, (path, response.text)
+    assert response.json()["detail"] and "sha256" not in response.text
+
+
+def test_plugin_is_registered_with_its_nav_entry(client, auth) -> None:
+    plugins = client.get("/api/v2/plugins", headers=auth).json()["plugins"]
+    ours = next(p for p in plugins if p["name"] == "medpipe_registry")
+    assert ours["fastapi_apps"][0]["url_prefix"] == "/medpipe"
+    view = ours["external_views"][0]
+    assert (view["name"], view["href"], view["category"], view["url_route"]) == (
+        "Models", "/medpipe/models", "browse", "medpipe-models")
+    assert client.get("/api/v2/importErrors", headers=auth).json()["total_entries"] == 0
+
+
+def test_plugin_loader_imports_only_the_entry_file() -> None:
+    """plugins/.airflowignore: the package's files must not also be loaded as top-level modules (app, settings...)."""
+    import sys
+
+    from airflow import plugins_manager
+
+    assert [p["name"] for p in plugins_manager.get_plugin_info()] == ["medpipe_registry"]
+    assert plugins_manager.get_import_errors() == {}
+    assert not {"app", "catalog", "pages", "settings", "operators", "__init__"} & set(sys.modules)
+
+
+def test_store_uri_falls_back_to_the_airflow_variable(client, auth, registry, monkeypatch) -> None:
+    monkeypatch.delenv("MEDPIPE_STORE_URI")
+    created = client.post("/api/v2/variables", headers=auth,
+                          json={"key": "medpipe_store_uri", "value": registry["store_uri"]})
+    assert created.status_code == 201, created.text
+    try:
+        page = client.get("/medpipe/models", headers=auth)
+        assert page.status_code == 200 and registry["store_uri"] in page.text and "20260108T000000" in page.text
+    finally:
+        client.delete("/api/v2/variables/medpipe_store_uri", headers=auth)

@@ -1,0 +1,61 @@
+"""A tiny real training run shared by the gate/export/score tests: both models trained and evaluated once.
+
+Import the fixture in a test module with `from shipping_fixtures import trained_run  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from medpipe_testdata import write_dataset
+from medpipe.config import Config, load_config
+
+
+@dataclass
+class TrainedRun:
+    data_root: Path
+    cache_dir: Path
+    cfg: Config
+    checkpoints: dict[str, Path]  # model name -> best.pt
+    metrics: dict[str, Path]  # model name -> metrics.json
+    work: Path  # a module-scoped scratch folder
+
+
+def shipping_config(work: Path, *extra: str) -> Config:
+    """The fast settings of conftest.fast_config, rooted in `work` (module-scoped fixtures cannot use tmp_path)."""
+    return load_config(None, [
+        "data.image_size=32",
+        f"data.cache_dir={work / 'cache'}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.patience=5",
+        "train.device=cpu",
+        "models.resnet18.weights=none",
+        "evaluate.splits=[val]",
+        f"store.uri={work / 'store'}",
+        "export.parity_images=16",
+        *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """custom_cnn and resnet18 trained for 2 epochs on 32 px images and evaluated on val (~15 s on 2 cores)."""
+    from medpipe.data.cache import build_cache
+    from medpipe.evaluate import evaluate_model
+    from medpipe.train import train_model
+
+    work = tmp_path_factory.mktemp("shipping")
+    data_root = write_dataset(work / "data", per_class=8, size=40)
+    cfg = shipping_config(work)
+    cache_dir = build_cache(data_root, cfg)
+    checkpoints, metrics = {}, {}
+    for name in ("custom_cnn", "resnet18"):
+        out = train_model(cache_dir, name, cfg, work / "models" / name)
+        checkpoints[name] = out / "best.pt"
+        metrics[name] = evaluate_model(out / "best.pt", cache_dir, cfg, out / "eval")
+    return TrainedRun(data_root=data_root, cache_dir=cache_dir, cfg=cfg, checkpoints=checkpoints, metrics=metrics,
+                      work=work)

@@ -1,0 +1,91 @@
+"""The whole shipping path through the CLI, in-process: run -> gate -> export -> publish (local + S3) -> score."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import write_dataset
+from medpipe.cli import main
+
+_CLASSES = ("normal", "benign", "cancer")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
+    data = write_dataset(tmp_path / "data", per_class=8, size=40)
+    run, local = tmp_path / "run", tmp_path / "store"
+    fast = ["--set", "data.image_size=32", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "train.epochs=2",
+            "--set", "train.batch_size=8", "--set", "train.device=cpu", "--set", "models.resnet18.weights=none",
+            "--set", "evaluate.splits=[val]"]
+    s3 = s3_server.store_config()
+    s3_args = ["--store", s3.uri, "--set", f"store.endpoint_url={s3.endpoint_url}",
+               "--set", f"store.region={s3.region}"]
+    loose = ["--set", "gate.min_metrics={macro_auc: 0.5, recall_cancer: 0.0}", "--set", "gate.must_beat_baseline=false"]
+
+    assert main(["run", "--data", str(data), "--out", str(run), *fast]) == 0
+    assert {p.name for p in (run / "models").iterdir()} == {"custom_cnn", "resnet18"}
+
+    # gate: the run's own config.yaml is used (32 px cache); first run against an empty store.
+    assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local), *loose]) == 0
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["passed"] is True and gate["first_run"] is True and gate["champion"] is None
+    challenger = gate["challenger"]
+    assert "first run" in capsys.readouterr().out
+
+    out = tmp_path / "version"
+    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(out), "--version", "v1"]) == 0
+    assert {"model.onnx", "parity.json", "metrics.json", "model_card.md", "gate.json", "config.yaml"} <= {
+        p.name for p in out.iterdir()}
+    assert list((out / "plots").glob("*.png"))
+    assert json.loads((out / "parity.json").read_text())["model_name"] == challenger
+    assert f"--model-name {challenger} --version v1" in capsys.readouterr().out
+    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(out)]) == 1  # never overwritten
+    assert "already exists" in capsys.readouterr().err
+
+    publish = ["publish", "--version-dir", str(out), "--model-name", challenger, "--version", "v1"]
+    assert main([*publish, "--store", str(local)]) == 0
+    assert main(["publish", "--version-dir", str(out), *s3_args]) == 0  # name and version from model.onnx
+    keys = s3_server.client().list_objects_v2(Bucket=s3_server.bucket)["Contents"]
+    assert f"medpipe/models/{challenger}/v1/model.onnx" in {k["Key"] for k in keys}
+
+    # score the val folder from both stores: same rows, verified downloads, provider printed.
+    n_val = len(list((data / "val").rglob("*.png")))
+    results = {}
+    for name, store_args in (("local", ["--store", str(local)]), ("s3", s3_args)):
+        csv_path = tmp_path / f"preds-{name}.csv"
+        assert main(["score", "--model", "champion", "--input", str(data / "val"), "--output", str(csv_path),
+                     *store_args]) == 0
+        printed = capsys.readouterr().out
+        assert "CPUExecutionProvider" in printed and f"scored {n_val} images" in printed and "0 errors" in printed
+        results[name] = _rows(csv_path)
+        assert len(results[name]) == n_val and {r["model_version"] for r in results[name]} == {"v1"}
+    assert results["local"] == results["s3"]
+    # The predictions are the ones evaluation reported for that model on the same files (torch vs ONNX).
+    evaluated = {r["rel"].removeprefix("val/"): r for r in _rows(run / "models" / challenger / "eval" /
+                                                                   "predictions_val.csv")}
+    for row in results["local"]:
+        for c in _CLASSES:
+            assert abs(float(row[f"prob_{c}"]) - float(evaluated[row["path"]][f"prob_{c}"])) <= 1e-4
+    assert main(["score", "--input", str(data / "val"), "--output", str(tmp_path / "preds-local.csv"),
+                 "--store", str(local)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+    # A second gate finds the champion and re-scores it; impossible thresholds gate with exit code 3.
+    assert main(["gate", "--run", str(run), "--data", str(data), *s3_args, *loose]) == 0
+    gate = json.loads((run / "gate.json").read_text())
+    assert gate["first_run"] is False and gate["champion"]["version"] == "v1"
+    rescored = gate["champion"]["metrics"]["macro_auc"]
+    assert rescored == pytest.approx(gate["candidates"][challenger]["primary"], abs=1e-6)
+    assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local),
+                 "--set", "gate.min_metrics={macro_auc: 1.01}"]) == 3
+    assert "GATED" in capsys.readouterr().out
+    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "v2")]) == 1
+    assert "did not pass the gate" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+"""Batch scoring with ONNX Runtime: rows + errors file, resume, refusals, tampered models, and parity with the
+torch evaluation path on the very same files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medpipe.data.cache import load_cache
+from medpipe.evaluate import predict_probs
+from medpipe.export import export_module, export_onnx, model_metadata
+from medpipe.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, choose_providers
+from medpipe.preprocess import load_image
+from medpipe.registry import IntegrityError, publish_version
+from medpipe.score import ScoreError, errors_path_for, score_folder
+from medpipe.store import LocalStore
+from medpipe.train import load_checkpoint
+from shipping_fixtures import TrainedRun, trained_run  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_run: TrainedRun) -> Path:  # noqa: F811
+    """custom_cnn exported as version v1, with its metrics.json beside it (a publishable folder)."""
+    out = trained_run.work / "score-model"
+    export_onnx(trained_run.checkpoints["custom_cnn"], trained_run.cache_dir, trained_run.cfg, out / "model.onnx",
+                trained_run.metrics["custom_cnn"], "v1")
+    shutil.copyfile(trained_run.metrics["custom_cnn"], out / "metrics.json")
+    return out
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _images_folder(trained_run: TrainedRun, dest: Path) -> Path:  # noqa: F811
+    """The val images of the run under nested folders (class folders as they are on disk)."""
+    shutil.copytree(trained_run.data_root / "val", dest)
+    return dest
+
+
+def test_scores_images_and_lists_bad_files(trained_run, model_dir, tmp_path):  # noqa: F811
+    folder = _images_folder(trained_run, tmp_path / "in")
+    n_images = len(list(folder.rglob("*.png")))
+    good = next(folder.rglob("*.png")).read_bytes()
+    (folder / "broken").mkdir()
+    (folder / "broken" / "truncated.png").write_bytes(good[: len(good) // 3])
+    (folder / "broken" / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out" / "preds.csv"
+    summary = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+
+    rows = _read(out)
+    assert len(rows) == n_images == summary["scored"] and summary["kept"] == 0
+    assert list(rows[0]) == ["path", "predicted", "prob_normal", "prob_benign", "prob_cancer", "model_version"]
+    assert {r["model_version"] for r in rows} == {"v1"} and summary["model_version"] == "v1"
+    assert all(r["path"].split("/")[0] in ("normal", "benign", "cancer") for r in rows)
+    for r in rows:
+        probs = [float(r[f"prob_{c}"]) for c in ("normal", "benign", "cancer")]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+        assert r["predicted"] == ("normal", "benign", "cancer")[int(np.argmax(probs))]
+    errors = {e["path"]: e["reason"] for e in _read(errors_path_for(out))}
+    assert set(errors) == {"broken/truncated.png", "broken/empty.jpg", "notes.txt"}
+    assert "empty" in errors["broken/empty.jpg"] and "unsupported file type '.txt'" in errors["notes.txt"]
+    assert "truncated or corrupt" in errors["broken/truncated.png"]
+    assert summary["errors"] == 3 and summary["files"] == n_images + 3
+    assert summary["provider"] == CPU_PROVIDER  # this machine has no GPU; see test_provider_choice
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "no temp files left"
+
+
+def test_onnx_scoring_equals_torch_evaluation_path(trained_run, model_dir, tmp_path):  # noqa: F811
+    """Same files: score_folder (load_image -> ONNX) vs predict_probs on load_image output and on the cache."""
+    folder = trained_run.data_root / "val"
+    out = tmp_path / "preds.csv"
+    score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+    scored = {r["path"]: [float(r[f"prob_{c}"]) for c in ("normal", "benign", "cancer")] for r in _read(out)}
+
+    val = load_cache(trained_run.cache_dir).splits["val"]
+    rels = [rel.removeprefix("val/") for rel in val.rels]
+    assert sorted(rels) == sorted(scored)
+    decoded = np.stack([load_image(folder / rel, 32) for rel in rels])
+    np.testing.assert_array_equal(decoded, val.images)  # scoring decodes exactly what evaluation saw
+    model, _ = load_checkpoint(trained_run.checkpoints["custom_cnn"])
+    torch_probs = predict_probs(model, decoded, "cpu", 64)
+    onnx_probs = np.array([scored[rel] for rel in rels])
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_probs, predict_probs(model, val.images, "cpu", 64), atol=1e-4, rtol=0)
+
+
+def test_existing_output_is_kept_and_resume_scores_only_new_files(trained_run, model_dir, tmp_path):  # noqa: F811
+    folder = _images_folder(trained_run, tmp_path / "in")
+    out = tmp_path / "preds.csv"
+    first = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+    before = out.read_text()
+    with pytest.raises(ScoreError, match="already exists; pass --resume"):
+        score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+    assert out.read_text() == before
+
+    # Two new files arrive; one already-scored file is now corrupt: resume must not even read it again.
+    new = folder / "later"
+    new.mkdir()
+    pngs = sorted(folder.rglob("*.png"))
+    shutil.copyfile(pngs[0], new / "a.png")
+    shutil.copyfile(pngs[1], new / "b.png")
+    already = sorted((folder / "normal").glob("*.png"))[0]
+    already.write_bytes(b"garbage")
+    second = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, resume=True)
+    assert (second["kept"], second["scored"], second["errors"]) == (first["scored"], 2, 0)
+    rows = _read(out)
+    assert len(rows) == first["scored"] + 2
+    assert {r["path"] for r in rows[-2:]} == {"later/a.png", "later/b.png"}
+    assert out.read_text().startswith(before), "the earlier rows are kept byte for byte"
+    assert rows[-2]["prob_normal"] == next(r for r in rows if r["path"] == pngs[0].relative_to(folder).as_posix())[
+        "prob_normal"]
+
+    again = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, overwrite=True)
+    assert again["kept"] == 0 and again["errors"] == 1  # the corrupt file now counts
+
+
+def test_refusals(trained_run, model_dir, tmp_path):  # noqa: F811
+    folder = _images_folder(trained_run, tmp_path / "in")
+    with pytest.raises(ScoreError, match="inside the input folder"):
+        score_folder(model_dir / "model.onnx", folder, folder / "preds.csv", trained_run.cfg)
+    with pytest.raises(ScoreError, match="does not exist or is not a folder"):
+        score_folder(model_dir / "model.onnx", tmp_path / "nope", tmp_path / "p.csv", trained_run.cfg)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        score_folder(tmp_path / "missing.onnx", folder, tmp_path / "p.csv", trained_run.cfg)
+    # An output of another model version is never mixed with new rows.
+    out = tmp_path / "p.csv"
+    out.write_text("path,predicted,prob_normal,prob_benign,prob_cancer,model_version\nx.png,normal,1,0,0,v0\n")
+    with pytest.raises(ScoreError, match=r"model version\(s\) \['v0'\]"):
+        score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, resume=True)
+    assert not (tmp_path / "p.errors.csv").exists()
+
+
+def test_models_without_medpipe_metadata_or_other_preprocessing_are_refused(trained_run, tmp_path):  # noqa: F811
+    model, meta = load_checkpoint(trained_run.checkpoints["custom_cnn"])
+    folder = _images_folder(trained_run, tmp_path / "in")
+    foreign = export_module(model, tmp_path / "foreign.onnx", 32, {})
+    with pytest.raises(ValueError, match="is not a medpipe ONNX model: metadata lacks"):
+        score_folder(foreign, folder, tmp_path / "a.csv", trained_run.cfg)
+    old = export_module(model, tmp_path / "old.onnx", 32,
+                        model_metadata(model, {**meta, "preprocess_version": "0"}, "v0", None))
+    with pytest.raises(ScoreError, match="preprocess version 0"):
+        score_folder(old, folder, tmp_path / "b.csv", trained_run.cfg)
+    assert not list(tmp_path.glob("*.csv"))
+
+
+def test_store_model_is_verified_and_a_tampered_one_refused(trained_run, model_dir, tmp_path):  # noqa: F811
+    store = LocalStore(tmp_path / "store")
+    publish_version(store, model_dir, "custom_cnn", "v1")
+    folder = _images_folder(trained_run, tmp_path / "in")
+    summary = score_folder("champion", folder, tmp_path / "ok.csv", trained_run.cfg, store=store)
+    assert summary["model_version"] == "v1" and summary["scored"] == len(list(folder.rglob("*.png")))
+    assert summary["model_sha256"] == store.sha256("models/custom_cnn/v1/model.onnx")
+
+    stored = store.root / "models" / "custom_cnn" / "v1" / "model.onnx"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the published object
+    stored.write_bytes(bytes(data))
+    for ref in ("champion", "v1", "custom_cnn/v1"):
+        with pytest.raises(IntegrityError, match="does not match the recorded sha256"):
+            score_folder(ref, folder, tmp_path / f"bad-{ref.replace('/', '-')}.csv", trained_run.cfg, store=store)
+    assert not list(tmp_path.glob("bad-*"))
+
+
+def test_provider_choice():
+    assert choose_providers("cpu") == [CPU_PROVIDER]
+    if torch.cuda.is_available():
+        assert choose_providers("auto")[0] in (CUDA_PROVIDER, CPU_PROVIDER)
+    else:
+        # onnxruntime-gpu lists CUDA here anyway; we must not ask for it without a GPU.
+        assert choose_providers("auto") == [CPU_PROVIDER]
+        with pytest.raises(RuntimeError, match="score.provider=cuda but torch sees no CUDA GPU"):
+            choose_providers("cuda")
+    with pytest.raises(ValueError, match="Invalid provider 'tpu'"):
+        choose_providers("tpu")
