@@ -119,7 +119,8 @@ def bench_model(name: str, samples, cfg, args) -> dict:
                "medpipe": _timed(medpipe_step, args.steps, args.warmup, batch, device)}
     loader = torch.utils.data.DataLoader(
         _PilDataset(samples, size), batch_size=batch, num_workers=args.workers, drop_last=True,
-        sampler=torch.utils.data.WeightedRandomSampler(weights.cpu().double(), num_samples=10**9),
+        sampler=torch.utils.data.WeightedRandomSampler(weights.cpu().double(),
+                                                          num_samples=(args.steps + args.warmup + 1) * batch),
         pin_memory=device == "cuda", persistent_workers=args.workers > 0)
     batches = iter(loader)
 
