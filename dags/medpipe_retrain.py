@@ -23,49 +23,19 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from medpipe_plugin import settings
-
-if TYPE_CHECKING:
-    from medpipe.config import Config
+from medpipe_plugin.dag_common import default_args, load_run_config, resolve_config, run_dir
 from medpipe_plugin.operators import PublishModelOperator
 
 _logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("custom_cnn", "resnet18")
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "medpipe",
-    "retries": settings.task_retries(),
-    "retry_delay": timedelta(minutes=2),
-    "retry_exponential_backoff": 2.0,  # the delay doubles with every try, capped below
-    "max_retry_delay": timedelta(minutes=30),
-}
-
-
-def _run_dir() -> Path:
-    context = get_current_context()
-    return settings.run_dir(context["params"]["work_root"], context["run_id"])
-
-
-def _load(config_path: str) -> Config:
-    from medpipe.config import load_config
-
-    return load_config(config_path)
-
-
-@task
-def resolve_config() -> str:
-    """Load the config file + overrides once and save it in the run folder; later tasks read that copy."""
-    from medpipe.config import load_config, save_config
-
-    params = get_current_context()["params"]
-    overrides = settings.config_overrides(params["work_root"], params["store_uri"], params["overrides"])
-    cfg = load_config(params["config"] or None, overrides)
-    return str(save_config(cfg, _run_dir() / "config.yaml"))
+DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=30))
 
 
 @task
@@ -74,7 +44,7 @@ def validate_data(config_path: str) -> str:
     from medpipe.data.validate import validate_dataset
 
     data_root = get_current_context()["params"]["data_root"]
-    report = validate_dataset(data_root, _load(config_path), _run_dir() / "validation")
+    report = validate_dataset(data_root, load_run_config(config_path), run_dir() / "validation")
     if not report.ok:  # bad data does not get better by retrying
         raise AirflowFailException(f"dataset {data_root} failed validation ({len(report.errors)} errors); "
                                    f"see {report.md_path}")
@@ -86,7 +56,7 @@ def build_cache(config_path: str) -> str:
     """Decode every image once at training size; reused by later runs while the dataset is unchanged."""
     from medpipe.data.cache import build_cache as _build_cache
 
-    return str(_build_cache(get_current_context()["params"]["data_root"], _load(config_path)))
+    return str(_build_cache(get_current_context()["params"]["data_root"], load_run_config(config_path)))
 
 
 @task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue())
@@ -94,8 +64,8 @@ def train(model_name: str, cache_dir: str, config_path: str) -> str:
     """Train one model; a retry resumes from the last epoch checkpoint of the failed try."""
     from medpipe.train import train_model
 
-    out_dir = _run_dir() / "models" / model_name
-    return str(train_model(cache_dir, model_name, _load(config_path), out_dir,
+    out_dir = run_dir() / "models" / model_name
+    return str(train_model(cache_dir, model_name, load_run_config(config_path), out_dir,
                            resume=(out_dir / "last.pt").exists()))
 
 
@@ -104,7 +74,7 @@ def evaluate(model_dir: str, cache_dir: str, config_path: str) -> str:
     """Metrics (val + test), plots and the model card of one trained model; returns metrics.json."""
     from medpipe.evaluate import evaluate_model
 
-    return str(evaluate_model(Path(model_dir) / "best.pt", cache_dir, _load(config_path), Path(model_dir) / "eval"))
+    return str(evaluate_model(Path(model_dir) / "best.pt", cache_dir, load_run_config(config_path), Path(model_dir) / "eval"))
 
 
 @task
@@ -113,8 +83,8 @@ def gate(metrics_paths: dict[str, str], cache_dir: str, config_path: str) -> dic
     from medpipe.gate import gate_models
     from medpipe.store import open_store
 
-    cfg = _load(config_path)
-    return gate_models({name: Path(p) for name, p in metrics_paths.items()}, cfg, _run_dir() / "gate.json",
+    cfg = load_run_config(config_path)
+    return gate_models({name: Path(p) for name, p in metrics_paths.items()}, cfg, run_dir() / "gate.json",
                        store=open_store(cfg.store), cache_dir=Path(cache_dir))
 
 
@@ -142,8 +112,8 @@ def export(decision: dict[str, Any], model_dirs: dict[str, str], metrics_paths: 
     from medpipe.export import export_onnx
 
     name = decision["challenger"]
-    return str(export_onnx(Path(model_dirs[name]) / "best.pt", cache_dir, _load(config_path),
-                           _run_dir() / "release" / "model.onnx", metrics_path=metrics_paths[name],
+    return str(export_onnx(Path(model_dirs[name]) / "best.pt", cache_dir, load_run_config(config_path),
+                           run_dir() / "release" / "model.onnx", metrics_path=metrics_paths[name],
                            version=_version()))
 
 
@@ -159,7 +129,7 @@ def stage_release(onnx_path: str, decision: dict[str, Any], metrics_paths: dict[
 
     release = Path(onnx_path).parent
     eval_dir = Path(metrics_paths[decision["challenger"]]).parent
-    stage_release_files(eval_dir, release, _run_dir() / "gate.json", config_path)
+    stage_release_files(eval_dir, release, run_dir() / "gate.json", config_path)
     return {"version_dir": str(release), "model_name": decision["challenger"], "version": _version()}
 
 

@@ -15,44 +15,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
 from medpipe_plugin import settings
-
-if TYPE_CHECKING:
-    from medpipe.config import Config
-
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "medpipe",
-    "retries": settings.task_retries(),
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=15),
-}
+from medpipe_plugin.dag_common import default_args, load_run_config, resolve_config, run_dir
 
 
-def _run_dir() -> Path:
-    context = get_current_context()
-    return settings.run_dir(context["params"]["work_root"], context["run_id"])
-
-
-def _load(config_path: str) -> Config:
-    from medpipe.config import load_config
-
-    return load_config(config_path)
-
-
-@task
-def resolve_config() -> str:
-    """Load the config file + overrides once and save it in the run folder; later tasks read that copy."""
-    from medpipe.config import load_config, save_config
-
-    params = get_current_context()["params"]
-    overrides = settings.config_overrides(params["work_root"], params["store_uri"], params["overrides"])
-    cfg = load_config(params["config"] or None, overrides)
-    return str(save_config(cfg, _run_dir() / "config.yaml"))
+DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
 
 
 @task
@@ -61,7 +32,7 @@ def resolve_champion(config_path: str) -> dict[str, Any]:
     from medpipe.registry import resolve_model
     from medpipe.store import open_store
 
-    onnx_path, info = resolve_model(open_store(_load(config_path).store), "champion", _run_dir() / "model")
+    onnx_path, info = resolve_model(open_store(load_run_config(config_path).store), "champion", run_dir() / "model")
     return {"onnx": str(onnx_path), "model_name": info["model_name"], "version": info["version"],
             "sha256": info["sha256"]}
 
@@ -75,7 +46,7 @@ def score(champion: dict[str, Any], config_path: str) -> dict[str, Any]:
     from medpipe.score import score_folder
 
     input_dir = get_current_context()["params"]["input"]
-    return score_folder(champion["onnx"], input_dir, _run_dir() / "predictions.csv", _load(config_path),
+    return score_folder(champion["onnx"], input_dir, run_dir() / "predictions.csv", load_run_config(config_path),
                         resume=True)
 
 
@@ -84,7 +55,7 @@ def upload_results(summary: dict[str, Any], config_path: str) -> list[str]:
     """Put predictions.csv and predictions.errors.csv into the store under scores/<run id>/; returns their URIs."""
     from medpipe.store import open_store
 
-    store = open_store(_load(config_path).store)
+    store = open_store(load_run_config(config_path).store)
     prefix = f"scores/{settings.run_folder_name(get_current_context()['run_id'])}"
     uris = []
     for local in (Path(summary["output"]), Path(summary["errors_file"])):
