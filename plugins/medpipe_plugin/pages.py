@@ -21,8 +21,8 @@ table{border-collapse:collapse;margin:.4rem 0 1rem} th,td{border:1px solid #d5db
 text-align:left;vertical-align:top;font-size:.9rem} th{background:#f1f4f8} td.num{text-align:right;
 font-variant-numeric:tabular-nums} .badge{display:inline-block;padding:.05rem .45rem;border-radius:.6rem;
 font-size:.8rem;font-weight:600} .champion{background:#ffe8a3;color:#6b4e00} .pass{background:#d9f2df;
-color:#145c2a} .fail{background:#fbdcdc;color:#8a1c1c} .problem{color:#8a1c1c} img.plot{width:200px;
-border:1px solid #d5dbe3;margin:.2rem} td.plots{white-space:nowrap} ul{margin:.2rem 0;padding-left:1.2rem}
+color:#145c2a} .fail{background:#fbdcdc;color:#8a1c1c} .problem{color:#8a1c1c} img.plot{width:150px;
+border:1px solid #d5dbe3;margin:.2rem} td.plots a{display:block} ul{margin:.2rem 0;padding-left:1.2rem}
 """
 
 
