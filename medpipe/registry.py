@@ -1,30 +1,16 @@
 """Model registry on a Store: immutable versions plus one mutable champion pointer.
 
-Layout (keys relative to the store's root, i.e. below ``s3://bucket/prefix/`` or the local store folder)::
-
-    models/<model_name>/<version>/model.onnx      the exported model                          (required)
-    models/<model_name>/<version>/metrics.json    evaluation metrics (docs/stages.md schema)   (required)
-    models/<model_name>/<version>/gate.json       gate decision and reasons
-    models/<model_name>/<version>/model_card.md
-    models/<model_name>/<version>/config.yaml     resolved config of the run
-    models/<model_name>/<version>/plots/*.png
-    models/<model_name>/<version>/manifest.json   every file above: path, key, sha256, size; + published_at
-                                                  and a metrics summary. Written after all files are uploaded
-                                                  and verified: a version without it is incomplete.
-    champion.json                                 {"model_name", "version", "key" (of model.onnx), "sha256" (of
-                                                  model.onnx), "published_at", "metrics" (summary), "manifest_key"}
-
-Whatever files the local version folder holds are published (sub-folders included, hidden files skipped);
-``model.onnx`` and ``metrics.json`` must be there. Every object carries its sha256 in metadata (``sha256``).
+The layout (``models/<model_name>/<version>/{model.onnx, metrics.json, gate.json, model_card.md, config.yaml,
+plots/*.png, manifest.json}`` and ``champion.json``) is documented in the README ("Registry layout").
 
 Rules:
+- Every object carries its sha256 in metadata. A version without ``manifest.json`` is incomplete: the manifest
+  is written only after every file is uploaded and verified (sha256 metadata and size re-read from the store).
 - A version is never overwritten. Publishing the same content again uploads nothing (status "unchanged");
   different content under an existing version name is an error naming the differing file.
-- ``champion.json`` is the only object ever replaced, and it is written last: after every file of the version
-  and the manifest are uploaded and verified (each object's sha256 metadata and size re-read from the store).
-- A publish that died half-way (no manifest yet) is completed by running it again: files already stored with
-  the same sha256 are skipped, the rest uploaded, then manifest and champion written. Re-running after the
-  manifest was written but before the pointer moved writes the pointer only.
+- ``champion.json`` is the only object ever replaced, and it is written last, after the manifest.
+- A publish that died half-way is completed by running it again: files already stored with the same sha256
+  are skipped, the rest uploaded, then manifest and champion written.
 - Model and version names match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and never contain ``..``.
 - ``resolve_model`` verifies the downloaded model.onnx against the manifest (and champion) sha256 and refuses
   a mismatch with :class:`IntegrityError`.
