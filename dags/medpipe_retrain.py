@@ -29,7 +29,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import default_args, load_run_config, resolve_config, run_dir
+from medpipe_plugin.dag_common import common_params, default_args, load_run_config, resolve_config, run_dir
 from medpipe_plugin.operators import PublishModelOperator
 
 _logger = logging.getLogger(__name__)
@@ -144,11 +144,7 @@ def stage_release(onnx_path: str, decision: dict[str, Any], metrics_paths: dict[
     doc_md=__doc__,
     params={
         "data_root": Param(settings.data_root(), type="string", description="dataset root folder"),
-        "config": Param(settings.config_path(), type="string", description="config YAML ('' = packaged defaults)"),
-        "overrides": Param([], type="array", items={"type": "string"},
-                           description="config overrides, e.g. train.epochs=5"),
-        "store_uri": Param(settings.store_uri(), type="string", description="model store: folder or s3://bucket/prefix"),
-        "work_root": Param(settings.work_root(), type="string", description="folder for per-run working files"),
+        **common_params("train.epochs=5"),
     },
 )
 def medpipe_retrain() -> None:

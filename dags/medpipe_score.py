@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import default_args, load_run_config, resolve_config, run_dir
+from medpipe_plugin.dag_common import common_params, default_args, load_run_config, resolve_config, run_dir
 
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
@@ -75,11 +75,7 @@ def upload_results(summary: dict[str, Any], config_path: str) -> list[str]:
     doc_md=__doc__,
     params={
         "input": Param(settings.score_inbox(), type="string", description="folder of images to score"),
-        "config": Param(settings.config_path(), type="string", description="config YAML ('' = packaged defaults)"),
-        "overrides": Param([], type="array", items={"type": "string"},
-                           description="config overrides, e.g. score.batch_size=128"),
-        "store_uri": Param(settings.store_uri(), type="string", description="model store: folder or s3://bucket/prefix"),
-        "work_root": Param(settings.work_root(), type="string", description="folder for per-run working files"),
+        **common_params("score.batch_size=128"),
     },
 )
 def medpipe_score() -> None:
