@@ -1,4 +1,4 @@
-"""Core sub-commands: validate, cache, train, evaluate, run."""
+"""Core sub-commands: validate, split, cache, train, evaluate, run."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(format_validation_summary(report))
     print(f"reports: {report.json_path}  {report.md_path}")
     return 0 if report.ok else 1
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from medpipe.cli import config_from_args
+    from medpipe.data.split import make_dev_split
+
+    result = make_dev_split(args.root, args.out, config_from_args(args), fraction=args.fraction, seed=args.seed)
+    for split, counts in result.counts.items():
+        print(f"{split}: {sum(counts.values())} images, {result.patients[split]} patients "
+              f"({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    print(f"dataset written to {result.out} (assignment: {result.report_path})")
+    return 0
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -80,6 +92,18 @@ def register(subparsers, add_common) -> None:
     p.add_argument("--out", default="validation", help="folder for validation.json and validation.md")
     add_common(p)
     p.set_defaults(func=_cmd_validate)
+
+    p = subparsers.add_parser(
+        "split", help="patient-grouped dev split: train -> train+val, source val -> held-out test",
+        description="Build OUT/{train,val,test} for honest model selection: the source's train patients are split "
+                    "(grouped by patient id, stratified by class) into train and val; the source's val becomes "
+                    "test, to be reported once after the choices are made. Files are hard-linked or copied.")
+    p.add_argument("root", help="source dataset root")
+    p.add_argument("--out", required=True, help="new, empty folder for the split dataset")
+    p.add_argument("--fraction", type=float, default=0.2, help="share of train patients moved to val (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient assignment (default 0)")
+    add_common(p)
+    p.set_defaults(func=_cmd_split)
 
     p = subparsers.add_parser("cache", help="decode a dataset once into the uint8 training cache; prints its folder")
     p.add_argument("--data", required=True, help="dataset root")
