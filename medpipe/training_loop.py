@@ -88,7 +88,7 @@ class TrainingState:
                 "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "progress": {
                     "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                    "bad_epochs": self.bad_epochs, "history": self.history}}
+                    "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "history": self.history}}
 
     def restore(self, saved: dict) -> None:
         self.model.load_state_dict(saved["model_state"])
@@ -146,6 +146,9 @@ def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Ca
     """Train until cfg.train.epochs or early stopping; calls on_best / on_epoch_end to checkpoint."""
     num_classes = len(data.classes)
     monitor = cfg.train.monitor
+    if state.stopped_early:  # resuming a run that early stopping already ended: it stays ended
+        _logger.info("training already stopped early at epoch %d; nothing to resume", state.epoch)
+        return
     bar = tqdm(range(state.epoch, cfg.train.epochs), desc=f"train {type(state.model).__name__}", unit="epoch",
                disable=None)
     for epoch in bar:

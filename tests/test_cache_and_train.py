@@ -71,9 +71,16 @@ def test_early_stopping(tiny_dataset: Path, tmp_path: Path):
     cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'c'}", "train.epochs=20",
                              "train.patience=2", "train.monitor=loss", "train.lr=0", "train.device=cpu",
                              "models.custom_cnn.dropout=0", "augment.enabled=false", "train.batch_size=8"])
-    out = train_model(build_cache(tiny_dataset, cfg), "custom_cnn", cfg, tmp_path / "es")
+    cache = build_cache(tiny_dataset, cfg)
+    out = train_model(cache, "custom_cnn", cfg, tmp_path / "es")
     summary = json.loads((out / "history.json").read_text())
     assert summary["stopped_early"] and summary["epochs_run"] < 20
+    # Resuming a run that early stopping ended (e.g. `medpipe run --resume` after parallel `train`s) trains no more.
+    last_before = (out / "last.pt").read_bytes()
+    train_model(cache, "custom_cnn", cfg, out, resume=True)
+    again = json.loads((out / "history.json").read_text())
+    assert again["epochs_run"] == summary["epochs_run"] and again["history"] == summary["history"]
+    assert (out / "last.pt").read_bytes() == last_before
 
 
 def test_training_needs_val(tmp_path: Path, fast_config):
