@@ -128,7 +128,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     started = time.perf_counter()
 
     def _save(kind: str) -> None:
-        payload = {"model_state": state.model.state_dict(), "meta": _checkpoint_meta(
+        payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
             model_name, cfg, data, state.epoch, state.best_score)}
         if kind == "last":
             payload.update(state.resumable())

@@ -42,6 +42,7 @@ class TrainingState:
     y_train: torch.Tensor  # int64 (N,) on the device
     sample_weights: torch.Tensor | None
     loss_weights: torch.Tensor | None
+    ema: Any = None  # torch.optim.swa_utils.AveragedModel when cfg.train.ema_decay > 0
     epoch: int = 0  # epochs completed
     best_score: float = float("nan")
     best_epoch: int = 0
@@ -74,16 +75,29 @@ class TrainingState:
         if cfg.train.weighted_sampling:
             per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
             sample_weights = torch.tensor(per_class[labels], dtype=torch.float32, device=device)
+        ema = None
+        if cfg.train.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # Buffers too: BatchNorm statistics must match the averaged weights they are evaluated with.
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
         cw = class_weight_vector(cfg.train.class_weights, labels, num_classes)
         loss_weights = None if cw is None else torch.tensor(cw, dtype=torch.float32, device=device)
         return cls(model=model, optimizer=optimizer, scheduler=scheduler, generator=generator,
                    rng=np.random.default_rng(cfg.train.seed), train_rows=train_rows,
                    x_train=torch.from_numpy(images).unsqueeze(1).to(device),
                    y_train=torch.from_numpy(labels).to(device), sample_weights=sample_weights,
-                   loss_weights=loss_weights)
+                   loss_weights=loss_weights, ema=ema)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, checkpointed as best.pt and exported: the average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     def resumable(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
+        return {"raw_model_state": self.model.state_dict() if self.ema is not None else None,
+                "ema_state": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "progress": {
@@ -91,7 +105,10 @@ class TrainingState:
                     "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "history": self.history}}
 
     def restore(self, saved: dict) -> None:
-        self.model.load_state_dict(saved["model_state"])
+        # "model_state" holds the evaluated (averaged) weights; training resumes from the raw ones.
+        self.model.load_state_dict(saved.get("raw_model_state") or saved["model_state"])
+        if self.ema is not None and saved.get("ema_state"):
+            self.ema.load_state_dict(saved["ema_state"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scheduler and saved.get("scheduler"):
             self.scheduler.load_state_dict(saved["scheduler"])
@@ -125,6 +142,8 @@ def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
+        if state.ema is not None:
+            state.ema.update_parameters(state.model)
         total += loss.detach()
     return float(total.item()) / steps
 
@@ -134,7 +153,7 @@ def _validate(state: TrainingState, cfg: Config, data, device: str) -> dict:
     from medpipe.evaluate.predict import predict_probs
 
     val = data.splits["val"]
-    probs = predict_probs(state.model, val.images, device=device, batch_size=cfg.train.eval_batch_size)
+    probs = predict_probs(state.eval_model, val.images, device=device, batch_size=cfg.train.eval_batch_size)
     nll = -np.log(np.clip(probs[np.arange(len(val.labels)), val.labels], 1e-12, None))
     metrics = compute_metrics(val.labels, probs, data.classes)
     return {"val_loss": float(nll.mean()), **{f"val_{k}": metrics[k] for k in

@@ -63,3 +63,14 @@ def test_saved_config_round_trips(tmp_path: Path):
 def test_sample_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "sample.yaml")
     assert cfg.models.resnet18.weights == "none" and cfg.data.image_size == 64
+
+
+def test_scratch_config_is_valid_and_only_lightens_augmentation():
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "scratch.yaml")
+    default = load_config(None)
+    assert cfg.models.resnet18.weights == "none" and cfg.train.class_weights == "none"
+    assert cfg.augment.enabled and cfg.augment.mixup_alpha == 0 and cfg.augment.erasing_p == 0
+    assert cfg.augment.rotation_degrees < default.augment.rotation_degrees
+    # Everything the study did not change stays at the original settings.
+    assert (cfg.train.lr, cfg.train.label_smoothing, cfg.train.weighted_sampling) == \
+        (default.train.lr, default.train.label_smoothing, default.train.weighted_sampling)
