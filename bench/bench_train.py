@@ -3,12 +3,14 @@
 For each model it times whole training steps (forward, backward, optimizer) and prints images/s for:
   ceiling   - the same step fed one pre-made device tensor (no sampling, no augmentation): the upper bound
   medpipe   - medpipe's real path: weighted index draw on the device, on-device augmentation, mixup, step
+  +ema      - (with --ema-decay) medpipe's path plus the per-step weight-averaging update (train.ema_decay)
   pil       - the original classifier's path: JPEG decode + PIL/torchvision transforms in DataLoader workers
               every epoch, then host->device copy and the same step
 
 Usage:
   python bench/bench_train.py --data sample_data/mammo-ddsm-sample --size 64 --steps 20
   python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 224 --steps 50 --device cuda
+  python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 64 --ema-decay 0.99
 """
 
 from __future__ import annotations
@@ -117,6 +119,16 @@ def bench_model(name: str, samples, cfg, args) -> dict:
 
     results = {"ceiling": _timed(lambda: step(fixed_x, fixed_y), args.steps, args.warmup, batch, device),
                "medpipe": _timed(medpipe_step, args.steps, args.warmup, batch, device)}
+    if args.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+
+        def medpipe_ema_step() -> None:
+            medpipe_step()
+            ema.update_parameters(model)
+
+        results["ema"] = _timed(medpipe_ema_step, args.steps, args.warmup, batch, device)
     loader = torch.utils.data.DataLoader(
         _PilDataset(samples, size), batch_size=batch, num_workers=args.workers, drop_last=True,
         sampler=torch.utils.data.WeightedRandomSampler(weights.cpu().double(),
@@ -143,6 +155,7 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=2000, help="images loaded for the device paths")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=["custom_cnn", "resnet18"])
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="also time medpipe's path with EMA updates")
     args = parser.parse_args()
     cfg = load_config(None, [f"data.image_size={args.size}", "models.resnet18.weights=none"])
     layout = discover(Path(args.data), cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
@@ -150,11 +163,12 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device_name}; torch {torch.__version__}; {len(samples)} train images from {args.data}; "
           f"{args.size}px, batch {args.batch}, {args.steps} timed steps")
-    print(f"{'model':<12}{'ceiling img/s':>15}{'medpipe img/s':>15}{'% of ceiling':>14}{'PIL+DataLoader':>16}{'speed-up':>10}")
+    print(f"{'model':<12}{'ceiling img/s':>15}{'medpipe img/s':>15}{'% of ceiling':>14}{'PIL+DataLoader':>16}{'speed-up':>10}"
+          + (f"{'medpipe+EMA img/s':>19}" if args.ema_decay > 0 else ""))
     for name in args.models:
         r = bench_model(name, samples, cfg, args)
         print(f"{name:<12}{r['ceiling']:>15.1f}{r['medpipe']:>15.1f}{100 * r['medpipe'] / r['ceiling']:>13.1f}%"
-              f"{r['pil']:>16.1f}{r['medpipe'] / r['pil']:>9.2f}x")
+              f"{r['pil']:>16.1f}{r['medpipe'] / r['pil']:>9.2f}x" + (f"{r['ema']:>19.1f}" if "ema" in r else ""))
 
 
 if __name__ == "__main__":

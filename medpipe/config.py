@@ -192,6 +192,14 @@ class ModelsConfig:
 class EvaluateConfig:
     splits: list[Literal["val", "test"]] = field(default_factory=lambda: ["val", "test"])  # missing ones skipped
     select_split: Literal["val", "test"] = "val"  # the split the comparison summary ranks models on
+    # Patient-level bootstrap: 95 % intervals of macro AUC and balanced accuracy in metrics.json, the model card and
+    # the summary (medpipe/evaluate/uncertainty.py). 0 = off.
+    bootstrap_resamples: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_resamples < 0:
+            raise ValueError(f"evaluate.bootstrap_resamples must be >= 0 (0 = no intervals), "
+                             f"got {self.bootstrap_resamples}")
 
 
 @dataclass(kw_only=True, config=_STRICT)

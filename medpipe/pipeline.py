@@ -29,6 +29,8 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path) 
             continue
         rows[name] = {k: split_metrics.get(k) for k in _SUMMARY_METRICS}
         rows[name]["recall"] = {c: v.get("recall") for c, v in split_metrics["per_class"].items()}
+        ci = split_metrics.get("confidence_intervals") or {}
+        rows[name]["intervals"] = {k: ci.get(k) for k in _SUMMARY_METRICS if ci.get(k)}
         baseline = split_metrics["baseline"]
     ranked = sorted(rows, key=lambda n: -(rows[n]["macro_auc"] or 0.0))
     summary = {"split": split, "models": rows, "baseline": baseline, "best_by_macro_auc": ranked[0] if ranked else None,
@@ -38,8 +40,20 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path) 
     return out_dir / "summary.json"
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(value, interval=None) -> str:
+    text = "n/a" if value is None else f"{value:.3f}"
+    return text if not interval else f"{text} ({interval[0]:.2f}–{interval[1]:.2f})"
+
+
+def _separation_note(rows: dict, best: str | None) -> str:
+    """Whether the runner-up's macro AUC lies inside the best model's interval (then the ranking is not evidence)."""
+    others = [row["macro_auc"] for name, row in rows.items() if name != best and row["macro_auc"] is not None]
+    interval = rows[best].get("intervals", {}).get("macro_auc") if best else None
+    if not others or not interval:
+        return ""
+    if max(others) >= interval[0]:
+        return " The runner-up's macro AUC lies inside the best model's 95 % interval: this split does not separate them."
+    return " The runner-up's macro AUC lies below the best model's 95 % interval."
 
 
 def render_summary_markdown(summary: dict) -> str:
@@ -49,11 +63,15 @@ def render_summary_markdown(summary: dict) -> str:
              "|---|" + "---|" * (len(_SUMMARY_METRICS) + 1)]
     for name, row in rows.items():
         recall = ", ".join(f"{c} {_fmt(v)}" for c, v in row["recall"].items())
-        lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in _SUMMARY_METRICS) + f" | {recall} |")
+        intervals = row.get("intervals", {})
+        lines.append(f"| {name} | " + " | ".join(_fmt(row[k], intervals.get(k)) for k in _SUMMARY_METRICS)
+                     + f" | {recall} |")
     lines.append(f"| majority baseline (always {baseline.get('majority_class', '?')}) | "
                  + " | ".join(_fmt(baseline.get(k)) for k in _SUMMARY_METRICS) + " | |")
-    lines += ["", f"Best by macro AUC: **{summary['best_by_macro_auc']}**. Accuracy alone proves nothing on "
-              "imbalanced data: compare balanced accuracy and per-class recall with the baseline.", ""]
+    best = summary["best_by_macro_auc"]
+    lines += ["", f"Best by macro AUC: **{best}**.{_separation_note(rows, best)} In parentheses: 95 % intervals "
+              "(percentile bootstrap over patients). Accuracy alone proves nothing on imbalanced data: compare "
+              "balanced accuracy and per-class recall with the baseline.", ""]
     return "\n".join(lines)
 
 

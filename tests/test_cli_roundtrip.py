@@ -32,6 +32,12 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
 
     assert main(["run", "--data", str(data), "--out", str(run), *fast]) == 0
     assert {p.name for p in (run / "models").iterdir()} == {"custom_cnn", "resnet18"}
+    summary = json.loads((run / "summary.json").read_text())
+    summary_md = (run / "summary.md").read_text()
+    for name, row in summary["models"].items():  # each figure is shown with its patient-bootstrap interval
+        lo, hi = row["intervals"]["macro_auc"]
+        assert f"{row['macro_auc']:.3f} ({lo:.2f}–{hi:.2f})" in summary_md
+    assert "this split does not separate them" in summary_md or "below the best model's 95 % interval" in summary_md
 
     # gate: the run's own config.yaml is used (32 px cache); first run against an empty store.
     assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local), *loose]) == 0

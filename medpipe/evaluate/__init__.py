@@ -20,6 +20,7 @@ import numpy as np
 from medpipe.config import Config, config_to_dict
 from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
+from medpipe.evaluate.uncertainty import bootstrap_intervals
 from medpipe.evaluate.plots import plot_confusion_matrix, plot_history, plot_pr_curves, plot_roc_curves
 from medpipe.evaluate.predict import predict_probs, resolve_device
 from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
@@ -158,6 +159,8 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         labels = np.asarray(arrays.labels, dtype=np.int64)
         probs = predict_probs(model, arrays.images, device, cfg.train.eval_batch_size)
         results[split] = compute_metrics(labels, probs, classes, baseline_class)
+        results[split]["confidence_intervals"] = bootstrap_intervals(
+            labels, probs, list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), labels, probs, classes)
         plots.update(_split_plots(split, labels, probs, results[split], classes, out / "plots"))
         _logger.info("%s: macro AUC %s, balanced accuracy %.3f (baseline %.3f)", split,

@@ -83,6 +83,12 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
              f"Baseline: always predict **{base['majority_class']}** (the majority class of the {source}).", ""]
     lines += _table(["metric", "model", "majority baseline"],
                     [[label, m.get(key), base.get(key)] for key, label in _AGGREGATES])
+    ci = m.get("confidence_intervals") or {}
+    shown = [(label, ci.get(key)) for key, label in _AGGREGATES if ci.get(key)]
+    if shown:
+        lines += ["", f"{ci['level']:.0%} intervals ({ci['method']}: {ci['groups']} patients, {ci['kept']} "
+                  f"resamples): " + "; ".join(f"{label} {lo:.3f}–{hi:.3f}" for label, (lo, hi) in shown)
+                  + ". Two models whose figures differ by less than this are not shown to differ."]
     lines += ["", "Per class (n/a = undefined on this split, e.g. a class without positives):", ""]
     rows = [[c, m["per_class"][c]["support"], *(m["per_class"][c][k] for k, _ in _PER_CLASS)] for c in classes]
     lines += _table(["class", "support", *(label for _, label in _PER_CLASS)], rows)

@@ -129,6 +129,10 @@ def test_evaluate_model_end_to_end(trained):
         expected = compute_metrics(data.splits[split].labels, probs, CLASSES, baseline_class="cancer")
         assert m["confusion_matrix"] == expected["confusion_matrix"]
         assert m["macro_auc"] == pytest.approx(expected["macro_auc"], abs=1e-6)
+        ci = m["confidence_intervals"]  # by patient: every tiny-dataset image is its own patient
+        assert ci["groups"] == m["n"] and ci["level"] == 0.95 and ci["kept"] > 0
+        for key in ("macro_auc", "balanced_accuracy"):
+            assert ci[key][0] <= m[key] <= ci[key][1] or m[key] in (0.0, 1.0)
 
         with (out / f"predictions_{split}.csv").open() as handle:
             rows = list(csv.DictReader(handle))
@@ -148,6 +152,8 @@ def test_evaluate_model_end_to_end(trained):
     base = val["baseline"]
     assert f"| balanced accuracy | {val['balanced_accuracy']:.3f} | {base['balanced_accuracy']:.3f} |" in card
     assert "(plots/val_roc.png)" in card and "(plots/history.png)" in card
+    lo, hi = val["confidence_intervals"]["macro_auc"]
+    assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
 

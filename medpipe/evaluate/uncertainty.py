@@ -1,0 +1,109 @@
+"""How far a split's metrics can be trusted: patient-level bootstrap confidence intervals.
+
+A validation split with a few dozen abnormal images measures macro AUC to within several points (mammo-ddsm's
+val: 36 lesion images, 95 % interval ~±0.07). Without the interval, a 0.03 difference between two models or
+two recipes reads like a result. Resampling is by patient (the unit that is independent), not by image: the
+CC and MLO views of one breast move together, as they do between splits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["bootstrap_intervals", "weighted_auc_many", "CI_METRICS"]
+
+CI_METRICS = ("macro_auc", "balanced_accuracy")
+
+
+def weighted_auc_many(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one score vector under many weightings at once (ties count one half, as in sklearn).
+
+    A bootstrap resample is a weighting of the original images (how often each was drawn), so R resamples are
+    an (R, N) weight matrix and the scores need sorting once. Equals
+    `sklearn.metrics.roc_auc_score(positive, scores, sample_weight=w)` for every row w (tests check it).
+
+    Args:
+        scores: (N,) float. positive: (N,) bool. weights: (R, N) non-negative.
+
+    Returns:
+        (R,) AUCs; NaN where a row gives no weight to the positives or to the negatives.
+    """
+    from scipy import sparse
+
+    _, tie_group = np.unique(scores, return_inverse=True)  # ascending score order, equal scores share a group
+    one_hot = sparse.csr_matrix((np.ones(scores.size), (np.arange(scores.size), tie_group)))
+    pos = np.asarray((sparse.csr_matrix(weights * positive) @ one_hot).todense())  # (R, groups)
+    neg = np.asarray((sparse.csr_matrix(weights * ~positive) @ one_hot).todense())
+    neg_below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (neg_below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
+def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, groups: list[str] | np.ndarray,
+                        resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Percentile bootstrap intervals of macro AUC and balanced accuracy, resampling whole groups (patients).
+
+    Resamples that lose a class present in the split are dropped (and counted), so every statistic is the one
+    `compute_metrics` reports, defined on every kept resample.
+
+    Args:
+        y_true: (N,) class indices. probs: (N, C) probabilities. groups: (N,) patient id per image.
+        resamples: number of bootstrap resamples (0 disables: the intervals are None).
+        level: coverage of the interval. seed: makes the intervals reproducible.
+
+    Returns:
+        {"method", "level", "resamples", "kept", "groups", "macro_auc": [low, high] | None,
+         "balanced_accuracy": [low, high] | None}.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    groups = np.asarray(groups)
+    if groups.shape != y_true.shape:
+        raise ValueError(f"groups must give one patient id per image: {groups.shape} vs {y_true.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _, patient = np.unique(groups, return_inverse=True)
+    n_groups = int(patient.max()) + 1
+    result: dict[str, Any] = {"method": "percentile bootstrap over patients", "level": level,
+                              "resamples": int(resamples), "kept": 0, "groups": n_groups}
+    if resamples <= 0 or n_groups < 2:
+        return {**result, **{name: None for name in CI_METRICS}}
+    rng = np.random.default_rng(seed)
+    # Each resample draws n_groups patients with replacement; an image weighs as often as its patient was drawn.
+    # Chunks keep the (resamples, images) weight matrix to ~40 MB whatever the split size.
+    chunk = max(1, 5_000_000 // y_true.size)
+    macro, balanced = [], []
+    for start in range(0, resamples, chunk):
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=min(chunk, resamples - start))
+        m, b = _resample_metrics(y_true, probs, counts[:, patient].astype(float))
+        macro.append(m)
+        balanced.append(b)
+    macro_all, balanced_all = np.concatenate(macro), np.concatenate(balanced)
+    result["kept"] = int(balanced_all.size)
+    tail = 100 * (1 - level) / 2
+    enough = balanced_all.size >= max(10, resamples // 2)
+    for name, values in (("macro_auc", macro_all), ("balanced_accuracy", balanced_all)):
+        values = values[np.isfinite(values)]
+        result[name] = [float(v) for v in np.percentile(values, [tail, 100 - tail])] if enough and values.size else None
+    return result
+
+
+def _resample_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Macro AUC and balanced accuracy per weighting row, dropping rows that lose a class of the split."""
+    present = [c for c in range(probs.shape[1]) if (y_true == c).any()]
+    class_weight = np.stack([weights[:, y_true == c].sum(axis=1) for c in present], axis=1)  # (R, present)
+    keep = (class_weight > 0).all(axis=1)
+    weights, class_weight = weights[keep], class_weight[keep]
+    if not keep.any():
+        return np.empty(0), np.empty(0)
+    predicted = probs.argmax(axis=1)
+    recalls = np.stack([weights[:, (y_true == c) & (predicted == c)].sum(axis=1) for c in present], axis=1)
+    balanced = (recalls / class_weight).mean(axis=1)
+    # The AUC of a class needs positives and negatives in the split, as in compute_metrics.
+    auc_classes = [c for c in present if not (y_true == c).all()]
+    macro = (np.nanmean(np.stack([weighted_auc_many(probs[:, c], y_true == c, weights) for c in auc_classes]), axis=0)
+             if auc_classes else np.full(len(weights), np.nan))
+    return macro, balanced
