@@ -39,6 +39,14 @@ def _fmt(value: Any) -> str:
     return escape(str(value))
 
 
+def _interval(split_metrics: dict[str, Any], key: str) -> str:
+    """The 95 % patient-bootstrap interval under a figure, where metrics.json has one (medpipe >= evaluate CI)."""
+    bounds = ((split_metrics.get("confidence_intervals") or {}).get(key) or [])
+    if len(bounds) != 2 or not all(isinstance(b, (int, float)) for b in bounds):
+        return ""
+    return f'<br><span class="muted" title="95 % interval, bootstrap over patients">{bounds[0]:.2f}–{bounds[1]:.2f}</span>'
+
+
 def _file_url(root: str, v: VersionView, name: str) -> str:
     return f"{root}/models/{quote(v.model_name)}/{quote(v.version)}/files/{quote(name)}"
 
@@ -75,7 +83,7 @@ def _version_row(root: str, v: VersionView, split: str) -> str:
     recall_cancer = ((m.get("per_class") or {}).get("cancer") or {}).get("recall")
     champion = ' <span class="badge champion">champion</span>' if v.is_champion else ""
     problems = "".join(f'<div class="problem">{escape(p)}</div>' for p in v.problems)
-    cells = "".join(f'<td class="num">{_fmt(m.get(k))}</td>' for k in SUMMARY_METRICS)
+    cells = "".join(f'<td class="num">{_fmt(m.get(k))}{_interval(m, k)}</td>' for k in SUMMARY_METRICS)
     return (f'<tr id="{escape(v.model_name)}-{escape(v.version)}"><td><a href="{_version_url(root, v)}">'
             f"{escape(v.model_name)}<br>{escape(v.version)}</a>{champion}{problems}</td>"
             f"<td>{_fmt(v.published_at)}</td>{cells}<td class=num>{_fmt(recall_cancer)}</td>"

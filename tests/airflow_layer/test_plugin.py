@@ -24,6 +24,8 @@ def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
                      "roc_auc": auc, "average_precision": 0.4} for c in CLASSES}
     return {"n": 12, "accuracy": accuracy, "balanced_accuracy": accuracy - 0.1, "f1_weighted": 0.6, "f1_macro": 0.55,
             "macro_auc": auc, "per_class": per_class, "confusion_matrix": [[3, 1, 0], [1, 2, 1], [0, 1, 3]],
+            "confidence_intervals": {"level": 0.95, "macro_auc": None if auc is None else [auc - 0.1, auc + 0.05],
+                                     "balanced_accuracy": [accuracy - 0.25, accuracy + 0.05]},
             "baseline": {"majority_class": "normal", "accuracy": 0.33, "balanced_accuracy": 0.33,
                          "f1_weighted": 0.17, "f1_macro": 0.17, "macro_auc": 0.5}}
 
@@ -108,6 +110,9 @@ def test_overview_lists_versions_champion_metrics_gate_and_links(client, auth) -
     other_row = page[page.index('id="custom_cnn-20260101T000000-aaaaaa"'):]
     other_row = other_row[:other_row.index("</tr>")]
     assert "champion" not in other_row and "failed" in other_row and "0.610" in other_row
+    # The 95 % intervals under the figures (macro AUC and balanced accuracy of custom_cnn: 0.61, 0.5 - 0.1).
+    assert f"{0.61 - 0.1:.2f}–{0.61 + 0.05:.2f}" in other_row and f"{0.5 - 0.25:.2f}–{0.5 + 0.05:.2f}" in other_row
+    assert champion_row.count("95 % interval") == 1  # balanced accuracy only: its macro AUC is undefined
     assert "macro_auc 0.61 &lt; minimum 0.8" in other_row
     assert "&lt;b&gt;not&lt;/b&gt;" in other_row and "<b>not</b>" not in page
     damaged = page[page.index('id="custom_cnn-damaged-1"'):]
