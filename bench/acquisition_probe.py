@@ -1,4 +1,4 @@
-"""Shortcut probe: how well do acquisition statistics alone — no anatomy — predict the labels of a dataset?
+"""Shortcut probe: how well do global acquisition statistics — blind to lesions — predict a dataset's labels?
 
 When the classes come from different scanners or programmes (mammo-ddsm: normals from DDSM normal cases,
 lesions from CBIS-DDSM), a model can score well by recognising the source instead of the disease, and then fails
