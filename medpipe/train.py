@@ -126,16 +126,11 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
         state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
         _logger.info("resuming %s from epoch %d", model_name, state.epoch)
     started = time.perf_counter()
-    history_path = out_dir / "history.json"
-    # Wall time accumulates over resumed sessions (an unreadable old summary just restarts the count).
-    earlier_seconds = 0.0
-    if resume and history_path.is_file():
-        try:
-            earlier_seconds = float(json.loads(history_path.read_text()).get("seconds") or 0.0)
-        except (ValueError, OSError):
-            earlier_seconds = 0.0
+    # Training wall time up to the latest checkpoint, summed over --resume sessions (kept in last.pt).
+    earlier_seconds = state.seconds
 
     def _save(kind: str) -> None:
+        state.seconds = earlier_seconds + time.perf_counter() - started
         payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
             model_name, cfg, data, state.epoch, state.best_score)}
         if kind == "last":
@@ -144,9 +139,10 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
             torch.save(payload, tmp)
 
     run_epochs(state, cfg, data, device, on_best=lambda: _save("best"), on_epoch_end=lambda: _save("last"))
+    history_path = out_dir / "history.json"
     summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
-               "train_images": int(len(state.train_rows)), "seconds": round(earlier_seconds + time.perf_counter() - started, 2),
+               "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
                "history": state.history}
     atomic_write_text(history_path, json.dumps(summary, indent=1))
     from medpipe.evaluate.plots import plot_history

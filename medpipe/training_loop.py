@@ -48,6 +48,7 @@ class TrainingState:
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped_early: bool = False
+    seconds: float = 0.0  # training wall time of earlier sessions of this run (kept in last.pt for --resume)
     history: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -102,7 +103,8 @@ class TrainingState:
                 "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "progress": {
                     "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                    "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "history": self.history}}
+                    "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "seconds": self.seconds,
+                    "history": self.history}}
 
     def restore(self, saved: dict) -> None:
         # "model_state" holds the evaluated (averaged) weights; training resumes from the raw ones.

@@ -34,8 +34,8 @@ def weighted_auc_many(scores: np.ndarray, positive: np.ndarray, weights: np.ndar
 
     _, tie_group = np.unique(scores, return_inverse=True)  # ascending score order, equal scores share a group
     one_hot = sparse.csr_matrix((np.ones(scores.size), (np.arange(scores.size), tie_group)))
-    pos = np.asarray((sparse.csr_matrix(weights * positive) @ one_hot).todense())  # (R, groups)
-    neg = np.asarray((sparse.csr_matrix(weights * ~positive) @ one_hot).todense())
+    pos = (one_hot.T @ (weights * positive).T).T  # (R, groups): weight of positives per tie group
+    neg = (one_hot.T @ (weights * ~positive).T).T
     neg_below = np.cumsum(neg, axis=1) - neg
     pairs = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -96,9 +96,9 @@ def _resample_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray
     present = [c for c in range(probs.shape[1]) if (y_true == c).any()]
     class_weight = np.stack([weights[:, y_true == c].sum(axis=1) for c in present], axis=1)  # (R, present)
     keep = (class_weight > 0).all(axis=1)
-    weights, class_weight = weights[keep], class_weight[keep]
     if not keep.any():
         return np.empty(0), np.empty(0)
+    weights, class_weight = weights[keep], class_weight[keep]
     predicted = probs.argmax(axis=1)
     recalls = np.stack([weights[:, (y_true == c) & (predicted == c)].sum(axis=1) for c in present], axis=1)
     balanced = (recalls / class_weight).mean(axis=1)
