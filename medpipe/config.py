@@ -55,6 +55,7 @@ VALIDATION_CHECKS = {
     "label_conflict": "error",  # identical decoded pixels under two labels
     "near_duplicate": "warning",  # 64-bit phash candidates confirmed by a 256-bit phash (validate.near_duplicate_*)
     "patient_leakage": "warning",  # one patient id in two splits
+    "mask_like": "warning",  # at most two distinct pixel values: a segmentation mask or a blank, not an image
 }
 Severity = Literal["error", "warning", "ignore"]
 
@@ -78,6 +79,10 @@ class DataConfig:
     # What training does with train images whose patient also appears in val/test: keep them (report only)
     # or drop them, so that validation is patient-disjoint and honest.
     leakage: Literal["report", "exclude_from_train"] = "exclude_from_train"
+    # File names (glob, case-insensitive) that are never images to learn from, skipped everywhere (validation
+    # lists them). Default: segmentation masks stored beside their images, as in the public breast-ultrasound set
+    # (BUSI: "benign (1).png" + "benign (1)_mask.png", "_mask_1.png"); a mask gives its class away.
+    exclude: list[str] = field(default_factory=lambda: ["*_mask.*", "*_mask_*.*"])
     cache_dir: str = "~/.cache/medpipe"  # decoded uint8 arrays, keyed by the dataset manifest hash
 
     def __post_init__(self) -> None:
@@ -85,6 +90,10 @@ class DataConfig:
             raise ValueError(f"data.classes must be at least two distinct names, got {self.classes}")
         if not 16 <= self.image_size <= 1024:
             raise ValueError(f"data.image_size must be in 16..1024, got {self.image_size}")
+        for pattern in self.exclude:
+            if not pattern.strip() or "/" in pattern or "\\" in pattern:
+                raise ValueError(f"data.exclude: {pattern!r} is not a file-name glob; expected a pattern such as "
+                                 "'*_mask.*' (matched against file names, not paths)")
         for alias, target in self.label_aliases.items():
             if target not in self.classes:
                 raise ValueError(f"data.label_aliases.{alias}={target!r} is not one of data.classes {self.classes}")

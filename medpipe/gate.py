@@ -1,7 +1,9 @@
 """Pick the challenger of a run and decide whether it may ship; every reason is recorded in gate.json.
 
 Gates, all on the split `cfg.gate.split` (val by default):
-1. absolute thresholds `cfg.gate.min_metrics` (names from `medpipe.evaluate.metrics.flatten_metrics`);
+1. absolute thresholds `cfg.gate.min_metrics` (names from `medpipe.evaluate.metrics.flatten_metrics`, the
+   bounds of the patient-bootstrap intervals included: `macro_auc_ci_low: 0.75` asks that even the pessimistic
+   end of the 95 % interval reach 0.75, stricter than the point estimate on a small validation split);
 2. balanced accuracy above the majority-class baseline's (`cfg.gate.must_beat_baseline`);
 3. the primary metric no worse than the champion's minus `cfg.gate.champion_tolerance`, where the champion is
    re-scored from its published ONNX file on the cached images of the same split, never taken from its old
@@ -66,6 +68,8 @@ def pick_challenger(flat_by_model: dict[str, Flat], primary: str) -> str:
 
 
 def _validate_names(cfg: Config, available: Flat) -> None:
+    from medpipe.evaluate.metrics import CI_BOUNDS
+
     gate = cfg.gate
     if not gate.min_metrics:
         raise GateError("gate.min_metrics is empty: a gate without thresholds would pass anything. Configure at least "
@@ -75,19 +79,55 @@ def _validate_names(cfg: Config, available: Flat) -> None:
         if name not in available:
             key = "gate.primary_metric" if name == gate.primary_metric else f"gate.min_metrics.{name}"
             raise GateError(f"{key}: unknown metric {name!r}; available: {', '.join(names)}")
+    if gate.primary_metric in CI_BOUNDS:
+        # The champion is re-scored without a bootstrap, so its bound would be null and the champion comparison
+        # would pass without comparing anything.
+        raise GateError(f"gate.primary_metric: {gate.primary_metric!r} is a bootstrap interval bound, which the "
+                        f"re-scored champion does not have; use {CI_BOUNDS[gate.primary_metric][0]!r} and put the "
+                        "bound in gate.min_metrics")
 
 
-def _absolute_checks(flat: Flat, min_metrics: dict[str, float]) -> list[dict[str, Any]]:
+def _interval_reason(name: str, value: float | None, threshold: float, split_metrics: dict[str, Any]) -> str:
+    """The reason of a threshold on a bootstrap bound: the interval beside the point estimate, or why it is null
+    (and what gives it a value), since the bare name says neither."""
+    from medpipe.evaluate.metrics import CI_BOUNDS
+
+    metric = CI_BOUNDS[name][0]
+    point, intervals = split_metrics.get(metric), split_metrics.get("confidence_intervals")
+    if value is not None:
+        low, high = intervals[metric]
+        shown = "undefined" if point is None else f"{point:.4f}"
+        return (f"{name} {value:.4f} {'>=' if value >= threshold else '<'} minimum {threshold} (the "
+                f"{intervals['level']:.0%} patient-bootstrap interval of {metric} is [{low:.4f}, {high:.4f}], "
+                f"point estimate {shown})")
+    rerun = "re-run `medpipe evaluate` with evaluate.bootstrap_resamples > 0"
+    if intervals is None:
+        why = f"this metrics.json was written before confidence intervals existed; {rerun}"
+    elif not intervals.get("resamples"):
+        why = f"the bootstrap was off (evaluate.bootstrap_resamples = {intervals.get('resamples')}); {rerun}"
+    elif point is None:
+        why = f"{metric} itself is undefined on this split"
+    else:
+        why = (f"only {intervals.get('kept')} of {intervals['resamples']} resamples over {intervals.get('groups')} "
+               "patients kept every class of the split; the split needs more patients per class")
+    return (f"{name} is undefined on this split (null): the interval of {metric} is missing, so it cannot reach "
+            f"{threshold}: {why}")
+
+
+def _absolute_checks(flat: Flat, min_metrics: dict[str, float], split_metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    from medpipe.evaluate.metrics import CI_BOUNDS
+
     checks = []
     for name, threshold in min_metrics.items():
         value = flat.get(name)
-        if value is None:
-            checks.append(_check(f"min_{name}", None, threshold, False,
-                                 f"{name} is undefined on this split (null), so it cannot reach {threshold}"))
+        ok = value is not None and value >= threshold
+        if name in CI_BOUNDS:
+            reason = _interval_reason(name, value, threshold, split_metrics)
+        elif value is None:
+            reason = f"{name} is undefined on this split (null), so it cannot reach {threshold}"
         else:
-            ok = value >= threshold
-            checks.append(_check(f"min_{name}", value, threshold, ok,
-                                 f"{name} {value:.4f} {'>=' if ok else '<'} minimum {threshold}"))
+            reason = f"{name} {value:.4f} {'>=' if ok else '<'} minimum {threshold}"
+        checks.append(_check(f"min_{name}", value, threshold, ok, reason))
     return checks
 
 
@@ -181,7 +221,8 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
         The decision: {passed, challenger, challenger_metrics, champion, checks, reasons, first_run, ...}.
 
     Raises:
-        GateError: no thresholds configured, unknown metric names, missing splits, incomparable data.
+        GateError: no thresholds configured, unknown metric names, a bootstrap bound as primary metric, missing
+            splits, incomparable data.
     """
     if not metrics_paths:
         raise GateError("no models to gate: metrics_paths is empty")
@@ -193,7 +234,7 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     classes = _check_same_data({name: m for name, (m, _) in loaded.items()}, cache_dir)
     challenger = pick_challenger(flat_by_model, gate.primary_metric)
     flat = flat_by_model[challenger]
-    checks = _absolute_checks(flat, gate.min_metrics)
+    checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0]["splits"][split])
     if gate.must_beat_baseline:
         checks.append(_baseline_check(flat))
     champion, notes = _find_champion(store, cache_dir, split, classes, cfg)

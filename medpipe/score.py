@@ -11,11 +11,12 @@ the reason; they are counted, never fatal. Outputs are written atomically; an ex
 from __future__ import annotations
 
 import csv
+import fnmatch
 import logging
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,9 @@ def errors_path_for(output_csv: str | Path) -> Path:
     return output_csv.with_name(f"{output_csv.stem}.errors.csv")
 
 
-def list_input_files(input_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
-    """Walk `input_dir` recursively in a stable order.
+def list_input_files(input_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[tuple[str, Path]],
+                                                                             list[tuple[str, str]]]:
+    """Walk `input_dir` recursively in a stable order; names matching an `exclude` glob are skipped, and said so.
 
     Returns:
         (images as (relative POSIX path, path), errors as (relative path, reason) for files not to be scored).
@@ -54,7 +56,11 @@ def list_input_files(input_dir: Path) -> tuple[list[tuple[str, Path]], list[tupl
     images, errors = [], []
     for path in sorted(p for p in input_dir.rglob("*") if not p.is_dir()):
         rel = path.relative_to(input_dir).as_posix()
-        if not path.resolve().is_relative_to(root):
+        matched = next((p for p in exclude if fnmatch.fnmatchcase(path.name.lower(), p.lower())), None)
+        if matched is not None:
+            errors.append((rel, f"file name matches data.exclude pattern {matched!r} (not an image to classify); "
+                                "skipped"))
+        elif not path.resolve().is_relative_to(root):
             errors.append((rel, "a link leading outside the input folder; refused"))
         elif not path.is_file():
             errors.append((rel, "not a regular file (broken link, socket or device)"))
@@ -202,7 +208,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     rows = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
     kept = len(rows)
     done = {row[0] for row in rows}
-    images, errors = list_input_files(input_dir)
+    images, errors = list_input_files(input_dir, cfg.data.exclude)
     n_files = len(images) + len(errors)
     todo = [(rel, path) for rel, path in images if rel not in done]
     output_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,14 @@ def _cfg(run: TrainedRun, *overrides: str):
     return shipping_config(run.work, *overrides)
 
 
+def _edited(src: Path, dst: Path, edit) -> Path:
+    """A copy of metrics.json with `edit(val split metrics)` applied."""
+    metrics = json.loads(src.read_text())
+    edit(metrics["splits"]["val"])
+    dst.write_text(json.dumps(metrics))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def weak_metrics(trained_run: TrainedRun) -> Path:  # noqa: F811
     """metrics.json of a custom_cnn that learned nothing (lr 1e-9, one epoch), on the same cache."""
@@ -141,3 +149,94 @@ def test_metrics_of_another_dataset_are_refused(trained_run, tmp_path):  # noqa:
                     tmp_path / "gate.json")
     with pytest.raises(GateError, match="evaluate the models on the current data first"):
         gate_models({"custom_cnn": other}, trained_run.cfg, tmp_path / "gate.json", cache_dir=trained_run.cache_dir)
+
+
+def test_gate_on_the_interval_lower_bound_is_stricter_than_the_point_estimate(trained_run, tmp_path):  # noqa: F811
+    source = trained_run.metrics["custom_cnn"]
+    point = _flat(source)["macro_auc"]
+    assert json.loads(source.read_text())["splits"]["val"]["confidence_intervals"]["resamples"] > 0
+    # The synthetic images are so separable that the real interval is [1.0, 1.0]; give the split the wide interval
+    # a few dozen patients really show, below the point estimate.
+    low = point - 0.2
+
+    def widen(val):
+        val["confidence_intervals"]["macro_auc"] = [low, point]
+
+    metrics = _edited(source, tmp_path / "metrics.json", widen)
+    minimum = round(point - 0.1, 4)
+    cfg = _cfg(trained_run, f"gate.min_metrics={json.dumps({'macro_auc': minimum, 'macro_auc_ci_low': minimum})}",
+               "gate.must_beat_baseline=false")
+    decision = gate_models({"custom_cnn": metrics}, cfg, tmp_path / "gate.json")
+
+    assert json.loads((tmp_path / "gate.json").read_text()) == decision
+    assert decision["passed"] is False
+    assert decision["challenger_metrics"]["macro_auc_ci_low"] == low
+    point_check, ci_check = decision["checks"]
+    assert (point_check["name"], point_check["passed"]) == ("min_macro_auc", True)
+    assert (ci_check["name"], ci_check["passed"], ci_check["value"]) == ("min_macro_auc_ci_low", False, low)
+    assert decision["reasons"][-1] == ci_check["reason"]
+    assert ci_check["reason"].startswith(f"macro_auc_ci_low {low:.4f} < minimum {minimum} (the 95% patient-bootstrap "
+                                         f"interval of macro_auc is [{low:.4f}, {point:.4f}], point estimate")
+
+    # A minimum the pessimistic end does reach passes.
+    cfg = _cfg(trained_run, f"gate.min_metrics={{macro_auc_ci_low: {round(low - 0.05, 4)}}}",
+               "gate.must_beat_baseline=false")
+    decision = gate_models({"custom_cnn": metrics}, cfg, tmp_path / "gate2.json")
+    assert decision["passed"] is True and ">= minimum" in decision["checks"][0]["reason"]
+
+
+def test_gate_on_real_interval_bounds_passes(trained_run, tmp_path):  # noqa: F811
+    flats = {name: _flat(p) for name, p in trained_run.metrics.items()}
+    thresholds = {"macro_auc_ci_low": min(f["macro_auc_ci_low"] for f in flats.values()),
+                  "balanced_accuracy_ci_high": min(f["balanced_accuracy_ci_high"] for f in flats.values())}
+    cfg = _cfg(trained_run, f"gate.min_metrics={json.dumps(thresholds)}", "gate.must_beat_baseline=false")
+    decision = gate_models(trained_run.metrics, cfg, tmp_path / "gate.json")
+    flat = flats[decision["challenger"]]
+    assert decision["passed"] is True
+    assert [c["value"] for c in decision["checks"]] == [flat[name] for name in thresholds]
+
+
+def test_missing_interval_fails_the_gate_with_how_to_get_it(trained_run, tmp_path):  # noqa: F811
+    cfg = _cfg(trained_run, "gate.min_metrics={macro_auc_ci_low: 0.5}", "gate.must_beat_baseline=false")
+    source = trained_run.metrics["custom_cnn"]
+
+    def bootstrap_off(val):
+        val["confidence_intervals"].update(resamples=0, kept=0, macro_auc=None, balanced_accuracy=None)
+
+    cases = {
+        "old": (lambda val: val.pop("confidence_intervals"), "written before confidence intervals existed"),
+        "off": (bootstrap_off, "the bootstrap was off (evaluate.bootstrap_resamples = 0)"),
+    }
+    for case, (edit, why) in cases.items():
+        metrics = _edited(source, tmp_path / f"{case}.json", edit)
+        decision = gate_models({"custom_cnn": metrics}, cfg, tmp_path / f"gate-{case}.json")
+        (check,) = decision["checks"]
+        assert decision["passed"] is False and check["value"] is None and check["threshold"] == 0.5
+        assert check["reason"].startswith("macro_auc_ci_low is undefined on this split (null): the interval of "
+                                          "macro_auc is missing, so it cannot reach 0.5")
+        assert why in check["reason"] and "evaluate.bootstrap_resamples > 0" in check["reason"]
+
+    # The bootstrap ran but gave no interval: re-running it would not help, and the reason says why instead.
+    def no_auc(val):
+        val["macro_auc"] = None
+        val["confidence_intervals"]["macro_auc"] = None
+
+    def few_kept(val):
+        val["confidence_intervals"].update(kept=3, macro_auc=None)
+
+    by_ba = _cfg(trained_run, "gate.min_metrics={macro_auc_ci_low: 0.5}", "gate.must_beat_baseline=false",
+                 "gate.primary_metric=balanced_accuracy")
+    for case, (edit, why) in {"no_auc": (no_auc, "macro_auc itself is undefined on this split"),
+                              "few_kept": (few_kept, f"only 3 of {trained_run.cfg.evaluate.bootstrap_resamples} "
+                                                     "resamples over")}.items():
+        metrics = _edited(source, tmp_path / f"{case}.json", edit)
+        (check,) = gate_models({"custom_cnn": metrics}, by_ba, tmp_path / f"gate-{case}.json")["checks"]
+        assert check["passed"] is False and why in check["reason"]
+        assert "bootstrap_resamples" not in check["reason"]
+
+
+def test_an_interval_bound_cannot_be_the_primary_metric(trained_run, tmp_path):  # noqa: F811
+    # The re-scored champion has no bootstrap, so the champion comparison on a bound would compare nothing.
+    cfg = _cfg(trained_run, "gate.primary_metric=macro_auc_ci_low")
+    with pytest.raises(GateError, match="is a bootstrap interval bound.*use 'macro_auc'"):
+        gate_models(trained_run.metrics, cfg, tmp_path / "gate.json")

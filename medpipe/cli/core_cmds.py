@@ -94,13 +94,17 @@ def register(subparsers, add_common) -> None:
     p.set_defaults(func=_cmd_validate)
 
     p = subparsers.add_parser(
-        "split", help="patient-grouped dev split: train -> train+val, source val -> held-out test",
+        "split", help="patient-grouped splits: train -> train+val and val -> test, or a flat ROOT/{class}/* in three",
         description="Build OUT/{train,val,test} for honest model selection: the source's train patients are split "
                     "(grouped by patient id, stratified by class) into train and val; the source's val becomes "
-                    "test, to be reported once after the choices are made. Files are hard-linked or copied.")
+                    "test, to be reported once after the choices are made. A source without train/ and val/ "
+                    "folders but with class folders (ROOT/{class}/*) is split three ways by patient: --fraction "
+                    "of the patients each to val and test, the rest to train. Files are hard-linked or copied; "
+                    "files matching data.exclude (segmentation masks) are left out.")
     p.add_argument("root", help="source dataset root")
     p.add_argument("--out", required=True, help="new, empty folder for the split dataset")
-    p.add_argument("--fraction", type=float, default=0.2, help="share of train patients moved to val (default 0.2)")
+    p.add_argument("--fraction", type=float, default=0.2, help="share of train patients moved to val; for a flat source, the share of patients in "
+                   "each of val and test (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient assignment (default 0)")
     add_common(p)
     p.set_defaults(func=_cmd_split)

@@ -60,7 +60,8 @@ def dataset_manifest(root: str | Path, cfg: Config) -> tuple[dict, list[Sample]]
     Returns:
         (manifest dict with "manifest_hash", the samples in manifest order)
     """
-    layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
+    layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern,
+                      exclude=cfg.data.exclude)
     with ThreadPoolExecutor(max_workers=4) as pool:
         hashes = list(pool.map(lambda s: sha256_file(s.path), layout.samples))
     files = [{"rel": s.rel, "split": s.split, "label": s.label, "patient": s.patient, "sha256": h}

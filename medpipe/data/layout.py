@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medpipe.preprocess import IMAGE_EXTENSIONS
 
-__all__ = ["SPLITS", "REQUIRED_SPLITS", "Sample", "LayoutProblem", "DatasetLayout", "discover", "patient_id",
-           "resolve_inside"]
+__all__ = ["SPLITS", "REQUIRED_SPLITS", "FLAT_SPLIT", "Sample", "LayoutProblem", "DatasetLayout", "discover",
+           "discover_flat", "is_flat", "patient_id", "resolve_inside"]
 
 _logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
+FLAT_SPLIT = "all"  # the split name given to the samples of a flat dataset (ROOT/{class}/*)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class DatasetLayout:
     samples: list[Sample] = field(default_factory=list)
     problems: list[LayoutProblem] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # splits present
+    excluded: list[str] = field(default_factory=list)  # relative paths skipped by data.exclude
+    exclude: tuple[str, ...] = ()  # the data.exclude patterns, lower-cased
 
     def by_split(self, split: str) -> list[Sample]:
         return [s for s in self.samples if s.split == split]
@@ -76,8 +81,12 @@ def _class_for_folder(name: str, classes: list[str], aliases: dict[str, str]) ->
     return aliases.get(lowered)
 
 
-def discover(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str) -> DatasetLayout:
+def discover(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str,
+             exclude: Sequence[str] = ()) -> DatasetLayout:
     """List every image under ROOT/{split}/{class}/ (recursively), in a stable sorted order.
+
+    Files whose name matches one of the `exclude` globs (case-insensitive) are not samples; their relative
+    paths are listed in `layout.excluded`.
 
     Files are not opened here. Problems with the layout itself (missing split, empty class, unknown folder,
     non-image file, symlink escaping the root) are collected, not raised, so validation can report all of them.
@@ -91,7 +100,7 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
     if not root.is_dir():
         raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
     root = root.resolve()
-    layout = DatasetLayout(root=root, classes=list(classes))
+    layout = DatasetLayout(root=root, classes=list(classes), exclude=tuple(p.lower() for p in exclude))
     split_dirs = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
     for entry in sorted(root.iterdir()):
         if entry.is_dir() and entry.name.lower() not in SPLITS:
@@ -101,14 +110,46 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
         split_dir = split_dirs.get(split)
         if split_dir is None:
             if split in REQUIRED_SPLITS:
-                layout.problems.append(LayoutProblem("missing_split", split,
-                                                     f"required split folder {split}/ is missing"))
+                layout.problems.append(LayoutProblem("missing_split", split, f"required split folder {split}/ is "
+                                                     f"missing{_flat_hint(root, classes, aliases)}"))
             continue
         if _resolve_or_report(layout, split_dir, split_dir.name) is None:
             continue
         layout.splits.append(split)
         _discover_split(layout, split, split_dir, aliases, patient_pattern)
     return layout
+
+
+def is_flat(root: str | Path, classes: list[str], aliases: dict[str, str]) -> bool:
+    """True when ROOT has no train/ or val/ folder but holds class folders directly (ROOT/{class}/*)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return False
+    names = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    if any(split in names for split in REQUIRED_SPLITS):
+        return False
+    return any(_class_for_folder(name, classes, aliases) for name in names)
+
+
+def discover_flat(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str,
+                  exclude: Sequence[str] = ()) -> DatasetLayout:
+    """Like `discover`, for a dataset not yet split: ROOT/{class}/*; every sample gets split FLAT_SPLIT."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist or is not a folder")
+    root = root.resolve()
+    layout = DatasetLayout(root=root, classes=list(classes), exclude=tuple(p.lower() for p in exclude),
+                           splits=[FLAT_SPLIT])
+    _discover_split(layout, FLAT_SPLIT, root, aliases, patient_pattern)
+    return layout
+
+
+def _flat_hint(root: Path, classes: list[str], aliases: dict[str, str]) -> str:
+    """When ROOT holds class folders directly (a flat dataset), say how to make the splits."""
+    if not any(p.is_dir() and _class_for_folder(p.name, classes, aliases) for p in root.iterdir()):
+        return ""
+    return (f"; {root} holds class folders directly: run `medpipe split {root} --out NEW_FOLDER` to write "
+            "patient-grouped train/val/test splits")
 
 
 def _resolve_or_report(layout: DatasetLayout, path: Path, rel: str) -> Path | None:
@@ -127,8 +168,9 @@ def _resolve_or_report(layout: DatasetLayout, path: Path, rel: str) -> Path | No
 def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases: dict[str, str],
                     patient_pattern: str) -> None:
     counts = {c: 0 for c in layout.classes}
+    prefix = "" if split == FLAT_SPLIT else f"{split}/"  # a flat dataset's class folders sit in the root
     for class_dir in sorted(split_dir.iterdir()):
-        rel_dir = f"{split}/{class_dir.name}"
+        rel_dir = f"{prefix}{class_dir.name}"
         label = _class_for_folder(class_dir.name, layout.classes, aliases) if class_dir.is_dir() else None
         if label is None:
             kind = "unknown_folder" if class_dir.is_dir() else "not_an_image"
@@ -145,8 +187,9 @@ def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases:
                 counts[label] += 1
     for label, count in counts.items():
         if count == 0:
-            layout.problems.append(LayoutProblem("empty_class", f"{split}/{label}",
-                                                 f"split {split} has no images of class {label!r}"))
+            where = "the dataset" if split == FLAT_SPLIT else f"split {split}"
+            layout.problems.append(LayoutProblem("empty_class", f"{prefix}{label}",
+                                                 f"{where} has no images of class {label!r}"))
 
 
 def _walk_files(layout: DatasetLayout, top: Path, resolved_top: Path) -> list[Path]:
@@ -178,6 +221,9 @@ def _walk_files(layout: DatasetLayout, top: Path, resolved_top: Path) -> list[Pa
 
 def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str, patient_pattern: str) -> Sample | None:
     rel = file_path.relative_to(layout.root).as_posix()
+    if any(fnmatch.fnmatchcase(file_path.name.lower(), pattern) for pattern in layout.exclude):
+        layout.excluded.append(rel)
+        return None
     resolved = _resolve_or_report(layout, file_path, rel)
     if resolved is None:
         return None

@@ -78,6 +78,7 @@ class _Record:
     phash256: bytes | None = None  # 32 bytes: confirmation stage (finer, sees texture as well as outline)
     size: tuple[int, int] | None = None  # (width, height)
     mode: str | None = None
+    distinct_values: int | None = None  # 1, 2, or 3 meaning "three or more"
     error: ImageError | None = None
 
 
@@ -121,7 +122,8 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
     """
     started = time.perf_counter()
     out_dir = Path(out_dir).expanduser()
-    layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
+    layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern,
+                      exclude=cfg.data.exclude)
     if out_dir.resolve() == layout.root or layout.root in out_dir.resolve().parents:
         raise ValueError(f"output folder {out_dir} is inside the data root {layout.root}; expected a folder outside "
                          "it, so that validation never adds files to the dataset")
@@ -140,15 +142,17 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
     near = _check_near_duplicates(good, cfg.validate.near_duplicate_distance,
                                   cfg.validate.near_duplicate_confirm_distance, findings)
     patients = _check_patients(layout, findings, cfg.data.patient_id_pattern)
+    n_mask_like = _check_mask_like(good, findings)
     finished = time.perf_counter()
     stats = {
         "root": str(layout.root), "classes": list(layout.classes), "splits": list(layout.splits),
         "n_files": len(records), "n_usable": len(good), "counts": counts,
         "imbalance_ratio": {s: _imbalance(c) for s, c in counts.items()},
         "patients": patients, "images": _image_stats(layout.splits, good),
-        "duplicates": {**duplicates, **near},
+        "duplicates": {**duplicates, **near}, "mask_like": n_mask_like,
+        "excluded": {"count": len(layout.excluded), "patterns": list(cfg.data.exclude), "paths": layout.excluded},
         "checks": findings.summary(), "content_hash": _content_hash(records),
-        "settings": {"max_pixels": cfg.data.max_pixels, "patient_id_pattern": cfg.data.patient_id_pattern,
+        "settings": {"max_pixels": cfg.data.max_pixels, "exclude": list(cfg.data.exclude), "patient_id_pattern": cfg.data.patient_id_pattern,
                      "near_duplicate_distance": cfg.validate.near_duplicate_distance,
                      "near_duplicate_confirm_distance": cfg.validate.near_duplicate_confirm_distance,
                      "severity": dict(cfg.validate.severity)},
@@ -185,10 +189,30 @@ def _inspect(sample: Sample, max_pixels: int) -> _Record:
     digest = hashlib.sha256(f"{height}x{width}:".encode())
     digest.update(pixels.tobytes())
     rec.pixel_key = digest.hexdigest()
+    rec.distinct_values = _distinct_values_up_to_3(pixels)
     img = Image.fromarray(pixels)
     rec.phash64 = np.packbits(imagehash.phash(img).hash).tobytes()
     rec.phash256 = np.packbits(imagehash.phash(img, hash_size=16).hash).tobytes()
     return rec
+
+
+def _distinct_values_up_to_3(pixels: np.ndarray) -> int:
+    """1, 2 or 3 (= three or more) distinct values, in two passes: np.unique would sort every pixel."""
+    low, high = pixels.min(), pixels.max()
+    if low == high:
+        return 1
+    return 3 if np.any((pixels != low) & (pixels != high)) else 2
+
+
+def _check_mask_like(good: list[_Record], findings: _Findings) -> int:
+    """Images with at most two pixel values: segmentation masks or blanks mixed into the classes."""
+    flagged = [r.sample.rel for r in good if (r.distinct_values or 3) <= 2]
+    if flagged:
+        shown = ", ".join(flagged[:5]) + (f" ... and {len(flagged) - 5} more" if len(flagged) > 5 else "")
+        findings.add("mask_like", flagged, f"{len(flagged)} image(s) have at most two pixel values, like a "
+                     f"segmentation mask or a blank: {shown}; expected grey-level images. Move them out or add their "
+                     "name pattern to data.exclude")
+    return len(flagged)
 
 
 def _inspect_all(samples: list[Sample], max_pixels: int, workers: int | None) -> list[_Record]:

@@ -77,6 +77,13 @@ def _findings_section(title: str, findings: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _excluded_line(r: dict[str, Any]) -> str:
+    e = r["excluded"]
+    patterns = ", ".join(f"`{p}`" for p in e["patterns"]) or "none"
+    shown = ", ".join(f"`{p}`" for p in e["paths"][:3]) + (" ..." if e["count"] > 3 else "")
+    return f"- skipped by data.exclude ({patterns}): {e['count']} files" + (f", e.g. {shown}" if e["count"] else "")
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """A readable version of the report dict (the JSON written beside it is the complete one)."""
     status = "OK" if r["ok"] else "FAILED"
@@ -84,6 +91,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lines = [f"# Dataset validation: {status}", "",
              f"- root: `{r['root']}`", f"- classes: {', '.join(r['classes'])}; splits: {', '.join(r['splits'])}",
              f"- image files: {r['n_files']} ({r['n_usable']} readable)",
+             _excluded_line(r),
              f"- content hash: `{r['content_hash']}`",
              f"- time: {t['total_s']} s ({t['images_per_s']} images/s decoding)", "",
              *_counts_section(r), *_patients_section(r), *_images_section(r),
@@ -100,6 +108,8 @@ def format_validation_summary(report: ValidationReport) -> str:
     per_split = ", ".join(f"{sp} {sum(s['counts'][sp].values())}" for sp in s["splits"])
     lines = [f"validation {'OK' if report.ok else 'FAILED'}: {s['n_usable']}/{s['n_files']} images readable "
              f"({per_split}); {len(report.errors)} errors, {len(report.warnings)} warnings"]
+    if s["excluded"]["count"]:
+        lines.append(f"  skipped by data.exclude: {s['excluded']['count']} files (e.g. {s['excluded']['paths'][0]})")
     for label, findings in (("errors", report.errors), ("warnings", report.warnings)):
         fired: dict[str, int] = {}
         for f in findings:

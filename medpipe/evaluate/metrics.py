@@ -21,7 +21,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["compute_metrics", "flatten_metrics", "majority_class", "BASELINE_KEYS"]
+from medpipe.evaluate.uncertainty import CI_METRICS
+
+__all__ = ["compute_metrics", "flatten_metrics", "majority_class", "BASELINE_KEYS", "CI_BOUNDS"]
 
 _logger = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ _FLAT_PER_CLASS = {
     "roc_auc": "auc",
     "average_precision": "ap",
 }
+# Flat name of a bootstrap interval bound -> (metric in CI_METRICS, index into its [low, high]).
+CI_BOUNDS = {f"{metric}_ci_{side}": (metric, index) for metric in CI_METRICS
+             for index, side in enumerate(("low", "high"))}
 
 
 def _check_inputs(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -181,10 +186,15 @@ def flatten_metrics(split_metrics: dict[str, Any]) -> dict[str, float | None]:
     """One split's metrics as flat names, the ones gate thresholds use.
 
     `macro_auc`, `balanced_accuracy`, `accuracy`, `f1_weighted`, `f1_macro`, `n`; per class `recall_<c>`,
-    `precision_<c>`, `f1_<c>`, `support_<c>`, `auc_<c>`, `ap_<c>`; and `baseline_<metric>` for the baseline.
+    `precision_<c>`, `f1_<c>`, `support_<c>`, `auc_<c>`, `ap_<c>`; `baseline_<metric>` for the baseline; and
+    `<metric>_ci_low` / `<metric>_ci_high` for each metric with a patient-bootstrap interval (`macro_auc`,
+    `balanced_accuracy`: the bounds of `confidence_intervals.<metric>`). The bounds are always there, None where
+    the split has no interval: bootstrap off (evaluate.bootstrap_resamples 0), metric undefined, or a
+    metrics.json written before the intervals existed.
 
     Args:
-        split_metrics: the object `compute_metrics` returns (metrics.json `splits.<name>`).
+        split_metrics: the object `compute_metrics` returns (metrics.json `splits.<name>`), with the
+            `confidence_intervals` of `bootstrap_intervals` when `evaluate_model` wrote it.
 
     Returns:
         name -> value (None where the metric is undefined).
@@ -198,4 +208,10 @@ def flatten_metrics(split_metrics: dict[str, Any]) -> dict[str, float | None]:
     baseline = split_metrics.get("baseline", {})
     for key in BASELINE_KEYS:
         flat[f"baseline_{key}"] = _none_if_nan(baseline.get(key))
+    # Present even without intervals (older metrics.json): a threshold on a bound then fails the gate with the
+    # reason the interval is missing, instead of being refused as an unknown metric name.
+    intervals = split_metrics.get("confidence_intervals") or {}
+    for name, (metric, index) in CI_BOUNDS.items():
+        bounds = intervals.get(metric)
+        flat[name] = _none_if_nan(bounds[index]) if bounds else None
     return flat

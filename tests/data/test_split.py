@@ -94,5 +94,5 @@ def test_split_refuses_output_inside_source_and_too_few_patients(tmp_path):
     source = _two_view_dataset(tmp_path / "src", train_patients=1)
     with pytest.raises(ValueError, match="inside the source dataset"):
         make_dev_split(source, source / "dev", load_config(None))
-    with pytest.raises(ValueError, match="train has 3 patient"):
+    with pytest.raises(ValueError, match="3 patient"):
         make_dev_split(source, tmp_path / "dev", load_config(None), fraction=0.2)

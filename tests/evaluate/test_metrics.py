@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
+from medpipe.evaluate.metrics import CI_BOUNDS, compute_metrics, flatten_metrics, majority_class
+from medpipe.evaluate.uncertainty import bootstrap_intervals
 
 CLASSES = ["normal", "benign", "cancer"]
 
@@ -142,3 +143,35 @@ def test_flatten_metrics_gives_the_gate_names():
     assert flat["baseline_balanced_accuracy"] == pytest.approx(0.5)
     assert flat["baseline_macro_auc"] == 0.5
     assert flat["n"] == 4
+
+
+def test_flatten_metrics_exposes_the_bootstrap_bounds_and_null_without_an_interval():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    probs = np.clip(np.eye(3)[y] * 0.5 + rng.uniform(size=(60, 3)), 1e-3, None)
+    probs /= probs.sum(axis=1, keepdims=True)
+    patients = [f"p{i // 2}" for i in range(60)]  # two images per patient
+    m = compute_metrics(y, probs, CLASSES)
+    m["confidence_intervals"] = bootstrap_intervals(y, probs, patients, resamples=200, seed=0)
+    flat = flatten_metrics(m)
+    assert set(CI_BOUNDS) == {"macro_auc_ci_low", "macro_auc_ci_high",
+                              "balanced_accuracy_ci_low", "balanced_accuracy_ci_high"}
+    for metric in ("macro_auc", "balanced_accuracy"):
+        low, high = m["confidence_intervals"][metric]
+        assert (flat[f"{metric}_ci_low"], flat[f"{metric}_ci_high"]) == (low, high)
+        assert low < flat[metric] < high  # the bounds bracket the point estimate, not a copy of it
+
+    # Bootstrap off (resamples 0) and a metrics.json from before the intervals: the names exist, all null.
+    m["confidence_intervals"] = bootstrap_intervals(y, probs, patients, resamples=0)
+    assert all(flatten_metrics(m)[name] is None for name in CI_BOUNDS)
+    del m["confidence_intervals"]
+    assert all(flatten_metrics(m)[name] is None for name in CI_BOUNDS)
+
+    # A split with a single class has no AUC, hence no AUC interval, while balanced accuracy keeps its one.
+    single = np.zeros(10, dtype=np.int64)
+    m = compute_metrics(single, _one_hot([0] * 10), CLASSES)
+    m["confidence_intervals"] = bootstrap_intervals(single, _one_hot([0] * 10), [f"p{i}" for i in range(10)],
+                                                    resamples=50, seed=0)
+    flat = flatten_metrics(m)
+    assert flat["macro_auc"] is None and flat["macro_auc_ci_low"] is None and flat["macro_auc_ci_high"] is None
+    assert flat["balanced_accuracy_ci_low"] == m["confidence_intervals"]["balanced_accuracy"][0] == 1.0
