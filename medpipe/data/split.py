@@ -99,8 +99,9 @@ def make_dev_split(source: str | Path, out: str | Path, cfg: Config, fraction: f
     """Write OUT/{train,val,test} from SOURCE as described in the module docstring.
 
     Raises:
-        ValueError: fraction outside (0, 0.5] ((0, 1/3] for a flat source), OUT already holds files, OUT inside SOURCE, too few patients,
-            or a source layout problem that makes the split meaningless (missing train/val, files outside root).
+        ValueError: fraction outside (0, 0.5] ((0, 1/3] for a flat source), OUT already holds files, OUT inside
+            SOURCE, too few patients, or a source layout problem that makes the split meaningless (missing
+            train/val, files outside root).
     """
     source = Path(source).expanduser().resolve()
     dc = cfg.data

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import Config, config_to_dict
+from medpipe.evaluate.calibration import calibration_metrics
 from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
 from medpipe.evaluate.uncertainty import bootstrap_intervals
-from medpipe.evaluate.plots import plot_confusion_matrix, plot_history, plot_pr_curves, plot_roc_curves
+from medpipe.evaluate.plots import (plot_confusion_matrix, plot_history, plot_pr_curves, plot_reliability,
+                                    plot_roc_curves)
 from medpipe.evaluate.predict import predict_probs, resolve_device
 from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 
@@ -33,6 +35,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_roc_curves",
     "plot_pr_curves",
+    "plot_reliability",
     "plot_history",
     "write_model_card",
     "METRICS_NAME",
@@ -83,6 +86,7 @@ def _split_plots(split: str, labels: np.ndarray, probs: np.ndarray, metrics: dic
             cm, classes, plots_dir / f"{split}_confusion_normalized.png", True),
         f"{split}_roc": plot_roc_curves(labels, probs, classes, plots_dir / f"{split}_roc.png"),
         f"{split}_pr": plot_pr_curves(labels, probs, classes, plots_dir / f"{split}_pr.png"),
+        f"{split}_reliability": plot_reliability(labels, probs, classes, plots_dir / f"{split}_reliability.png"),
     }
 
 
@@ -159,6 +163,7 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         labels = np.asarray(arrays.labels, dtype=np.int64)
         probs = predict_probs(model, arrays.images, device, cfg.train.eval_batch_size)
         results[split] = compute_metrics(labels, probs, classes, baseline_class)
+        results[split]["calibration"] = calibration_metrics(labels, probs, classes)
         results[split]["confidence_intervals"] = bootstrap_intervals(
             labels, probs, list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), labels, probs, classes)

@@ -27,6 +27,7 @@ _PLOT_TITLES = {
     "confusion_normalized": "Confusion matrix (row-normalised)",
     "roc": "ROC curves",
     "pr": "Precision-recall curves",
+    "reliability": "Reliability diagram",
 }
 
 _INTENDED_USE = """\
@@ -76,6 +77,19 @@ def _data_section(metrics: dict[str, Any]) -> list[str]:
     return lines + _table(["split", "n", *classes], rows) + [""]
 
 
+def _calibration_lines(cal: dict[str, Any] | None, classes: list[str]) -> list[str]:
+    """Brier/ECE and the mean predicted probability beside the prevalence of each class."""
+    if not cal:
+        return []
+    mean_vs_prevalence = ", ".join(f"{c} {cal['per_class'][c]['mean_probability']:.2f} vs "
+                                   f"{cal['per_class'][c]['prevalence']:.2f}" for c in classes)
+    return ["", f"Calibration: Brier score {cal['brier']:.3f} (predicting the prevalence: "
+            f"{cal['brier_prevalence']:.3f}; lower is better), expected calibration error {cal['ece']:.3f} "
+            f"({cal['ece_bins']} bins). Mean predicted "
+            f"probability vs prevalence: {mean_vs_prevalence}. Balanced sampling or class weights raise the rare "
+            "classes' probabilities on purpose: read them as scores, not as risks, unless these agree."]
+
+
 def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dict[str, str]) -> list[str]:
     base = m["baseline"]
     source = {"given": "training split", "split": f"{split} split"}.get(base.get("majority_source"), "unknown")
@@ -92,6 +106,7 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
     lines += ["", "Per class (n/a = undefined on this split, e.g. a class without positives):", ""]
     rows = [[c, m["per_class"][c]["support"], *(m["per_class"][c][k] for k, _ in _PER_CLASS)] for c in classes]
     lines += _table(["class", "support", *(label for _, label in _PER_CLASS)], rows)
+    lines += _calibration_lines(m.get("calibration"), classes)
     lines += ["", "Confusion matrix (rows = true, columns = predicted):", ""]
     cm_rows = [[f"**{c}**", *row] for c, row in zip(classes, m["confusion_matrix"])]
     lines += _table(["true \\ predicted", *classes], cm_rows) + [""]

@@ -1,4 +1,4 @@
-"""Evaluation plots: confusion matrices, ROC and precision-recall curves, training curves.
+"""Evaluation plots: confusion matrices, ROC and precision-recall curves, reliability diagrams, training curves.
 
 Figures are built with matplotlib's object API on an Agg canvas (no pyplot): no global figure registry, no GUI
 backend, nothing left open in a long-lived Airflow worker. Every PNG is written atomically.
@@ -17,7 +17,7 @@ from medpipe.fileio import atomic_output
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["plot_confusion_matrix", "plot_roc_curves", "plot_pr_curves", "plot_history"]
+__all__ = ["plot_confusion_matrix", "plot_roc_curves", "plot_pr_curves", "plot_reliability", "plot_history"]
 
 _logger = logging.getLogger(__name__)
 
@@ -138,6 +138,35 @@ def plot_pr_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], pa
         The path written.
     """
     return _curve_plot(y_true, probs, classes, path, "pr")
+
+
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, classes: list[str], path: str | Path,
+                     n_bins: int = 10) -> Path:
+    """Reliability diagram, one-vs-rest per class (scikit-learn `calibration_curve`, equal-width bins): observed
+    frequency against mean predicted probability; on the diagonal the probabilities mean what they say.
+
+    Returns:
+        The path written.
+    """
+    from sklearn.calibration import calibration_curve
+
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    if probs.ndim != 2 or probs.shape != (y_true.size, len(classes)):
+        raise ValueError(f"probs shape {probs.shape} does not match ({y_true.size}, {len(classes)})")
+    fig, ax = _new_figure(5.5, 4.5)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="perfectly calibrated")
+    for c, name in enumerate(classes):
+        positives = y_true == c
+        if positives.all() or not positives.any():  # a constant target has no curve worth drawing
+            ax.plot([], [], " ", label=f"{name}: no curve (no positives or negatives)")
+            continue
+        observed, predicted = calibration_curve(positives, probs[:, c], n_bins=n_bins, strategy="uniform")
+        ax.plot(predicted, observed, marker="o", markersize=3,
+                label=f"{name} (mean p {probs[:, c].mean():.2f}, prevalence {positives.mean():.2f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean predicted probability", ylabel="observed frequency",
+           title=f"reliability (one-vs-rest, {n_bins} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
 
 
 def _series(history: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

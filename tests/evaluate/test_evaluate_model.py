@@ -143,7 +143,11 @@ def test_evaluate_model_end_to_end(trained):
             assert (trained["root"] / row["rel"]).is_file()
             p = [float(row[f"prob_{c}"]) for c in CLASSES]
             assert row["predicted"] == CLASSES[int(np.argmax(p))] and sum(p) == pytest.approx(1, abs=1e-4)
-        for kind in ("confusion", "confusion_normalized", "roc", "pr"):
+        cal = m["calibration"]  # the stored calibration is that of the same predictions
+        assert cal["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(3)[data.splits[split].labels]) ** 2, 1)),
+                                             abs=1e-6)
+        assert 0 <= cal["ece"] <= 1 and set(cal["per_class"]) == set(CLASSES)
+        for kind in ("confusion", "confusion_normalized", "roc", "pr", "reliability"):
             _assert_png(out / "plots" / f"{split}_{kind}.png")
     _assert_png(out / "plots" / "history.png")
 
@@ -151,7 +155,8 @@ def test_evaluate_model_end_to_end(trained):
     val = metrics["splits"]["val"]
     base = val["baseline"]
     assert f"| balanced accuracy | {val['balanced_accuracy']:.3f} | {base['balanced_accuracy']:.3f} |" in card
-    assert "(plots/val_roc.png)" in card and "(plots/history.png)" in card
+    assert "(plots/val_roc.png)" in card and "(plots/history.png)" in card and "(plots/val_reliability.png)" in card
+    assert f"Brier score {val['calibration']['brier']:.3f}" in card
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
