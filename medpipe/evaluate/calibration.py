@@ -58,6 +58,11 @@ def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
+    sums = probs.sum(axis=1, keepdims=True)
+    if not np.allclose(sums, 1.0, atol=1e-3):
+        worst = int(np.argmax(np.abs(sums[:, 0] - 1.0)))
+        raise ValueError(f"probability rows must sum to 1; row {worst} sums to {sums[worst, 0]:.6f}")
+    probs = probs / sums  # float32 softmax rows are 1 +- 1e-7; scikit-learn's Brier check wants them exact
     labels = list(range(len(classes)))
     prevalence = np.bincount(y_true, minlength=len(classes)) / y_true.size
     constant = np.broadcast_to(prevalence, probs.shape)

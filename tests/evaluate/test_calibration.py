@@ -51,6 +51,15 @@ def test_calibration_metrics_match_the_definitions():
     assert cal["per_class"]["normal"]["mean_probability"] < 0.4 < 0.7 < cal["per_class"]["normal"]["prevalence"]
 
 
+def test_float32_softmax_is_accepted_and_non_probabilities_are_refused():
+    logits = np.random.default_rng(1).normal(size=(50, 3)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.arange(50) % 3
+    assert 0 <= calibration_metrics(y, probs, CLASSES)["brier"] <= 2
+    with pytest.raises(ValueError, match="row 0 sums to 2.000000"):
+        calibration_metrics(y, np.full((50, 3), 2 / 3), CLASSES)
+
+
 def test_reliability_png(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, size=120)  # no cancer: its curve is noted, not drawn
