@@ -21,7 +21,8 @@ _AGGREGATES = (
     ("macro_auc", "macro AUC (one-vs-rest)"),
 )
 _PER_CLASS = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"), ("roc_auc", "AUC"),
-              ("average_precision", "AP"))
+              ("average_precision", "AP"), ("sensitivity_at_90_specificity", "sens. @ 90 % spec."),
+              ("sensitivity_at_95_specificity", "sens. @ 95 % spec."))
 _PLOT_TITLES = {
     "confusion": "Confusion matrix",
     "confusion_normalized": "Confusion matrix (row-normalised)",
@@ -35,14 +36,16 @@ _INTENDED_USE = """\
 
 - **Research use only. This is not a medical device** and must not be used for diagnosis, screening or any
   clinical decision. It has not been validated prospectively or on any population beyond its test split.
-- Input: single mammography crops/views, read as one grey channel and resized to {size} x {size} pixels by
+- Input: single images (mammography views in the bundled data), read as one grey channel and resized to {size} x {size} pixels by
   `medpipe.preprocess.load_image` (the same function for training, evaluation and scoring).
 - Output: probabilities for {classes}. The arg-max is a research label, not a finding.
-- **Known dataset caveat**: in DDSM-derived data, normal images and lesion (benign/cancer) images come from
+- **Known dataset caveat** (DDSM-derived data, such as the bundled sample): normal images and lesion (benign/cancer) images come from
   different scanning programmes (scanners, digitisers, years). A model can separate "normal" from the rest by
   acquisition artefacts rather than anatomy, so the normal-vs-lesion metrics below are likely optimistic.
   The benign-vs-cancer numbers are the more meaningful ones.
-- Metrics come from a single split each, without confidence intervals; small classes make them noisy.
+- Metrics come from a single split each; the 95 % patient-bootstrap intervals below show how little a
+  small split can resolve. "sens. @ 90 % spec." is the share of a class caught by the threshold that flags at
+  most 10 % of the other images: recall at the arg-max depends on the training priors, this does not.
 """
 
 

@@ -19,6 +19,7 @@ from sklearn.metrics import (
     f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
+    roc_curve,
 )
 
 from medpipe.evaluate.uncertainty import CI_METRICS
@@ -37,7 +38,12 @@ _FLAT_PER_CLASS = {
     "support": "support",
     "roc_auc": "auc",
     "average_precision": "ap",
+    "sensitivity_at_90_specificity": "sens_at_spec90",
+    "sensitivity_at_95_specificity": "sens_at_spec95",
 }
+# Operating points reported per class: how many of the class a threshold catches while it falsely flags at most
+# 10 % / 5 % of the other images (the way screening performance is stated), read off the one-vs-rest ROC curve.
+_SPECIFICITIES = {"sensitivity_at_90_specificity": 0.90, "sensitivity_at_95_specificity": 0.95}
 # Flat name of a bootstrap interval bound -> (metric in CI_METRICS, index into its [low, high]).
 CI_BOUNDS = {f"{metric}_ci_{side}": (metric, index) for metric in CI_METRICS
              for index, side in enumerate(("low", "high"))}
@@ -90,6 +96,12 @@ def _aggregate(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
         }
 
 
+def _sensitivity_at_specificity(positives: np.ndarray, scores: np.ndarray, specificity: float) -> float:
+    """Highest true-positive rate of any threshold whose false-positive rate is at most 1 - specificity."""
+    fpr, tpr, _ = roc_curve(positives, scores)
+    return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())  # the first ROC point is (0, 0): never empty
+
+
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -109,6 +121,8 @@ def _per_class(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, classe
             "support": positives,
             "roc_auc": float(roc_auc_score(y_true == c, probs[:, c])) if has_both else None,
             "average_precision": float(average_precision_score(y_true == c, probs[:, c])) if positives else None,
+            **{key: _sensitivity_at_specificity(y_true == c, probs[:, c], spec) if has_both else None
+               for key, spec in _SPECIFICITIES.items()},
         }
     return result
 

@@ -139,6 +139,8 @@ def test_flatten_metrics_gives_the_gate_names():
     assert flat["auc_benign"] == m["per_class"]["benign"]["roc_auc"]
     assert flat["ap_normal"] == m["per_class"]["normal"]["average_precision"]
     assert flat["support_benign"] == 2
+    assert flat["sens_at_spec90_benign"] == m["per_class"]["benign"]["sensitivity_at_90_specificity"]
+    assert flat["sens_at_spec95_cancer"] is None  # no positives: no operating point
     assert flat["recall_cancer"] is None and flat["auc_cancer"] is None
     assert flat["baseline_balanced_accuracy"] == pytest.approx(0.5)
     assert flat["baseline_macro_auc"] == 0.5
@@ -175,3 +177,24 @@ def test_flatten_metrics_exposes_the_bootstrap_bounds_and_null_without_an_interv
     flat = flatten_metrics(m)
     assert flat["macro_auc"] is None and flat["macro_auc_ci_low"] is None and flat["macro_auc_ci_high"] is None
     assert flat["balanced_accuracy_ci_low"] == m["confidence_intervals"]["balanced_accuracy"][0] == 1.0
+
+
+def test_sensitivity_at_specificity_reads_the_roc_curve():
+    # Cancer scores: 10 negatives 0.0, 0.1, ..., 0.9 and 4 positives 0.05, 0.55, 0.85, 0.95.
+    # 90 % specificity allows 1 false positive of 10: threshold 0.85 flags 0.9 (FP) and 0.85, 0.95 -> 2/4.
+    # 95 % allows none: only a threshold above 0.9 -> 0.95 alone -> 1/4.
+    neg = np.linspace(0.0, 0.9, 10)
+    pos = np.array([0.05, 0.55, 0.85, 0.95])
+    scores = np.concatenate([neg, pos])
+    y = np.array([0] * 10 + [2] * 4)
+    probs = np.stack([1 - scores, np.zeros_like(scores), scores], axis=1)
+    cancer = compute_metrics(y, probs, CLASSES)["per_class"]["cancer"]
+    assert cancer["sensitivity_at_90_specificity"] == pytest.approx(0.5)
+    assert cancer["sensitivity_at_95_specificity"] == pytest.approx(0.25)
+    # The lowest negative (0.0) moved to the top (0.99): now even 90 % specificity allows only that one, which
+    # outranks every positive -> threshold above 0.95 is 0 of 4 at 95 %, and at 90 % the FP costs the one
+    # allowed, so 0.95 only -> 1/4.
+    probs[0, 2], probs[0, 0] = 0.99, 0.01
+    cancer = compute_metrics(y, probs, CLASSES)["per_class"]["cancer"]
+    assert cancer["sensitivity_at_90_specificity"] == pytest.approx(0.25)
+    assert cancer["sensitivity_at_95_specificity"] == pytest.approx(0.0)
