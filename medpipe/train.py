@@ -54,8 +54,20 @@ def _train_indices(data, cfg: Config) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float) -> dict:
-    return {"model_name": model_name, "classes": data.classes, "image_size": data.image_size,
+def _prior_facts(cfg: Config, data) -> dict:
+    """Train class counts, the prior training effectively used, and the correction back to the prevalence."""
+    from medpipe.priors import prior_correction_factors, training_prior
+
+    labels = np.asarray(data.splits["train"].labels)[_train_indices(data, cfg)]
+    counts = np.bincount(labels, minlength=len(data.classes))
+    weights = class_weight_vector(cfg.train.class_weights, labels, len(data.classes))
+    prior = training_prior(counts, cfg.train.weighted_sampling, weights)
+    return {"train_class_counts": counts.tolist(), "training_prior": prior.tolist(),
+            "prior_correction": prior_correction_factors(counts, prior)}
+
+
+def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
+    return {**priors, "model_name": model_name, "classes": data.classes, "image_size": data.image_size,
             "manifest_hash": data.manifest_hash, "epoch": epoch, "monitor": cfg.train.monitor,
             "best_score": score, "config": config_to_dict(cfg), "preprocess_version": PREPROCESS_VERSION,
             "input": "float32 (N,1,H,W) raw pixels 0..255", "output": "logits"}
@@ -125,6 +137,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     if resume:
         state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
         _logger.info("resuming %s from epoch %d", model_name, state.epoch)
+    priors = _prior_facts(cfg, data)
     started = time.perf_counter()
     # Training wall time up to the latest checkpoint, summed over --resume sessions (kept in last.pt).
     earlier_seconds = state.seconds
@@ -132,7 +145,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     def _save(kind: str) -> None:
         state.seconds = earlier_seconds + time.perf_counter() - started
         payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
-            model_name, cfg, data, state.epoch, state.best_score)}
+            model_name, cfg, data, state.epoch, state.best_score, priors)}
         if kind == "last":
             payload.update(state.resumable())
         with atomic_output(out_dir / f"{kind}.pt") as tmp:

@@ -150,8 +150,28 @@ def _split_counts(data: Any) -> dict[str, dict[str, int]]:
     return counts
 
 
-def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
-                     baseline_class: int | None) -> tuple[dict[str, Any], dict[str, Path]]:
+def _prior_correction(meta: dict[str, Any], data: Any) -> tuple[list[float] | None, str | None]:
+    """The checkpoint's prior correction, or for a checkpoint written before it was recorded, the same
+    computation from its training config and the cached train split (all of it: images that training dropped
+    for patient leakage are counted too, a small difference). None when neither is available."""
+    if meta.get("prior_correction"):
+        return list(meta["prior_correction"]), "checkpoint"
+    train_cfg = (meta.get("config") or {}).get("train") or {}
+    train = data.splits.get("train")
+    if not train_cfg or train is None or not len(train.labels):
+        return None, None
+    from medpipe.priors import prior_correction_factors, training_prior
+    from medpipe.train import class_weight_vector
+
+    labels = np.asarray(train.labels)
+    counts = np.bincount(labels, minlength=len(data.classes))
+    weights = class_weight_vector(train_cfg.get("class_weights", "none"), labels, len(data.classes))
+    prior = training_prior(counts, bool(train_cfg.get("weighted_sampling", False)), weights)
+    return prior_correction_factors(counts, prior), "derived from the checkpoint's config and the cached train split"
+
+
+def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path, baseline_class: int | None,
+                     prior_correction: list[float] | None) -> tuple[dict[str, Any], dict[str, Path]]:
     classes = list(data.classes)
     results: dict[str, Any] = {}
     plots: dict[str, Path] = {}
@@ -163,7 +183,7 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         labels = np.asarray(arrays.labels, dtype=np.int64)
         probs = predict_probs(model, arrays.images, device, cfg.train.eval_batch_size)
         results[split] = compute_metrics(labels, probs, classes, baseline_class)
-        results[split]["calibration"] = calibration_metrics(labels, probs, classes)
+        results[split]["calibration"] = calibration_metrics(labels, probs, classes, prior_correction=prior_correction)
         results[split]["confidence_intervals"] = bootstrap_intervals(
             labels, probs, list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), labels, probs, classes)
@@ -209,7 +229,8 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
     # The baseline a deployer could actually have built: always answer the TRAINING majority class.
     baseline_class = majority_class(train.labels, len(classes)) if train is not None and len(train.labels) else None
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    splits, plot_paths = _evaluate_splits(model, data, cfg, device, out, baseline_class)
+    prior_correction, prior_source = _prior_correction(meta, data)
+    splits, plot_paths = _evaluate_splits(model, data, cfg, device, out, baseline_class, prior_correction)
 
     summary = _read_training_summary(checkpoint.parent)
     history_png = _history_plot(checkpoint.parent, summary and summary["history"], out / "plots")
@@ -228,6 +249,11 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
         "device": device,
         "training": _training_facts(meta, summary),
         "split_counts": _split_counts(data),
+        # Multiply the outputs by these and renormalise to read them as probabilities at the training
+        # prevalence (medpipe.priors); the arg-max decision uses the outputs as they are.
+        "prior_correction": {"factors": prior_correction, "source": prior_source,
+                             "training_prior": meta.get("training_prior"),
+                             "train_class_counts": meta.get("train_class_counts")},
         "splits": splits,
     }
     training_config = meta.get("config") if isinstance(meta.get("config"), dict) else config_to_dict(cfg)

@@ -10,6 +10,8 @@ the real prevalence; this report makes that visible instead of leaving it to be 
 - Expected calibration error (ECE) of the top-label confidence in equal-width bins: the mean |accuracy -
   confidence| weighted by bin size (scikit-learn has no ECE; this is the usual definition, Guo et al. 2017).
 - Per class: one-vs-rest Brier score, mean predicted probability and the class's prevalence.
+- The same after the prior correction of `medpipe.priors` (the model's outputs moved from the prior it was
+  trained under to the training set's prevalence; no fitting on the evaluated split), when it is known.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.metrics import brier_score_loss
+
+from medpipe.priors import apply_prior_correction
 
 __all__ = ["calibration_metrics", "expected_calibration_error"]
 
@@ -42,7 +46,8 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(gap.sum() / max(counts.sum(), 1))
 
 
-def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], n_bins: int = 10) -> dict[str, Any]:
+def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], n_bins: int = 10,
+                        prior_correction: list[float] | None = None) -> dict[str, Any]:
     """The `calibration` object of a split in metrics.json.
 
     Args:
@@ -50,11 +55,13 @@ def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str
         probs: (N, C) probabilities (rows sum to 1).
         classes: class names in column order.
         n_bins: bins of the expected calibration error.
+        prior_correction: factors of `medpipe.priors.apply_prior_correction`, or None when unknown.
 
     Returns:
         {"brier", "brier_prevalence", "ece", "ece_bins", "per_class": {name: {"brier", "mean_probability",
-        "prevalence"}}}; a class absent from the split has a per-class Brier score all the same (its mean
-        probability should then be near 0).
+        "prevalence"}}, "prior_corrected": {"factors", "brier", "ece", "mean_probability": {name: ..}} or None};
+        a class absent from the split has a per-class Brier score all the same (its mean probability should
+        then be near 0).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
@@ -71,10 +78,18 @@ def calibration_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str
                "mean_probability": float(probs[:, c].mean()), "prevalence": float(prevalence[c])}
         for c, name in enumerate(classes)
     }
+    corrected = None
+    if prior_correction is not None:
+        adjusted = apply_prior_correction(probs, prior_correction)
+        corrected = {"factors": [float(f) for f in prior_correction],
+                     "brier": float(brier_score_loss(y_true, adjusted, labels=labels)),
+                     "ece": expected_calibration_error(y_true, adjusted, n_bins),
+                     "mean_probability": {name: float(adjusted[:, c].mean()) for c, name in enumerate(classes)}}
     return {
         "brier": float(brier_score_loss(y_true, probs, labels=labels)),
         "brier_prevalence": float(brier_score_loss(y_true, constant, labels=labels)),
         "ece": expected_calibration_error(y_true, probs, n_bins),
         "ece_bins": n_bins,
         "per_class": per_class,
+        "prior_corrected": corrected,
     }

@@ -36,13 +36,15 @@ _INTENDED_USE = """\
 
 - **Research use only. This is not a medical device** and must not be used for diagnosis, screening or any
   clinical decision. It has not been validated prospectively or on any population beyond its test split.
-- Input: single images (mammography views in the bundled data), read as one grey channel and resized to {size} x {size} pixels by
-  `medpipe.preprocess.load_image` (the same function for training, evaluation and scoring).
-- Output: probabilities for {classes}. The arg-max is a research label, not a finding.
-- **Known dataset caveat** (DDSM-derived data, such as the bundled sample): normal images and lesion (benign/cancer) images come from
-  different scanning programmes (scanners, digitisers, years). A model can separate "normal" from the rest by
-  acquisition artefacts rather than anatomy, so the normal-vs-lesion metrics below are likely optimistic.
-  The benign-vs-cancer numbers are the more meaningful ones.
+- Input: single images (mammography views in the bundled data), read as one grey channel and resized to
+  {size} x {size} pixels by `medpipe.preprocess.load_image` (the same function for training, evaluation and
+  scoring).
+- Output: scores for {classes} under the class balance training used; the arg-max is a research label, not a
+  finding. Read as probabilities only after the prior correction (Calibration below).
+- **Known dataset caveat** (DDSM-derived data, such as the bundled sample): normal images and lesion
+  (benign/cancer) images come from different scanning programmes (scanners, digitisers, years). A model can
+  separate "normal" from the rest by acquisition artefacts rather than anatomy, so the normal-vs-lesion
+  metrics below are likely optimistic. The benign-vs-cancer numbers are the more meaningful ones.
 - Metrics come from a single split each; the 95 % patient-bootstrap intervals below show how little a
   small split can resolve. "sens. @ 90 % spec." is the share of a class caught by the threshold that flags at
   most 10 % of the other images: recall at the arg-max depends on the training priors, this does not.
@@ -90,7 +92,19 @@ def _calibration_lines(cal: dict[str, Any] | None, classes: list[str]) -> list[s
             f"{cal['brier_prevalence']:.3f}; lower is better), expected calibration error {cal['ece']:.3f} "
             f"({cal['ece_bins']} bins). Mean predicted "
             f"probability vs prevalence: {mean_vs_prevalence}. Balanced sampling or class weights raise the rare "
-            "classes' probabilities on purpose: read them as scores, not as risks, unless these agree."]
+            "classes' probabilities on purpose: read them as scores, not as risks, unless these agree."
+            + _corrected_sentence(cal.get("prior_corrected"), classes)]
+
+
+def _corrected_sentence(corrected: dict[str, Any] | None, classes: list[str]) -> str:
+    if not corrected:
+        return ""
+    means = ", ".join(f"{c} {corrected['mean_probability'][c]:.2f}" for c in classes)
+    factors = ", ".join(f"{c} {f:.4f}" for c, f in zip(classes, corrected["factors"]))
+    return (f" Moved back to the training prevalence (outputs x ({factors}), renormalised; Saerens et al. 2002, "
+            f"nothing fitted on this split): Brier score {corrected['brier']:.3f}, expected calibration error "
+            f"{corrected['ece']:.3f}, mean probabilities {means}. Scoring writes these as the risk_<class> columns; "
+            "the predicted class stays the arg-max of the outputs.")
 
 
 def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dict[str, str]) -> list[str]:

@@ -17,6 +17,7 @@ from medpipe.config import load_config
 from medpipe.data.cache import build_cache, load_cache
 from medpipe.evaluate import evaluate_model, predict_probs
 from medpipe.evaluate.metrics import compute_metrics
+from medpipe.priors import apply_prior_correction
 from medpipe.train import load_checkpoint, train_model
 
 CLASSES = ["normal", "benign", "cancer"]
@@ -115,6 +116,16 @@ def test_evaluate_model_end_to_end(trained):
     assert metrics["split_counts"]["train"] == {"normal": 3, "benign": 4, "cancer": 6}
     assert set(metrics["splits"]) == {"val", "test"}
     assert metrics["training"]["epochs_run"] == 2
+    # Default training (weighted sampling, loss weights 0.1/3/4) on counts 3/4/6: prior 0.1:3:4, factors
+    # prevalence / prior; the checkpoint recorded them and evaluation uses them as they are.
+    _, meta = load_checkpoint(trained["checkpoint"])
+    prevalence, prior = np.array([3, 4, 6]) / 13, np.array([0.1, 3, 4]) / 7.1
+    factors = (prevalence / prior) / (prevalence / prior).sum()
+    assert meta["train_class_counts"] == [3, 4, 6]
+    np.testing.assert_allclose(meta["training_prior"], prior)
+    np.testing.assert_allclose(meta["prior_correction"], factors)
+    assert metrics["prior_correction"]["factors"] == meta["prior_correction"]
+    assert metrics["prior_correction"]["source"] == "checkpoint"
 
     model, _ = load_checkpoint(trained["checkpoint"])
     data = load_cache(trained["cache"])
@@ -147,6 +158,10 @@ def test_evaluate_model_end_to_end(trained):
         assert cal["brier"] == pytest.approx(np.mean(np.sum((probs - np.eye(3)[data.splits[split].labels]) ** 2, 1)),
                                              abs=1e-6)
         assert 0 <= cal["ece"] <= 1 and set(cal["per_class"]) == set(CLASSES)
+        corrected = apply_prior_correction(probs, meta["prior_correction"])
+        onehot = np.eye(3)[data.splits[split].labels]
+        assert cal["prior_corrected"]["brier"] == pytest.approx(np.mean(np.sum((corrected - onehot) ** 2, 1)),
+                                                                abs=1e-6)
         for kind in ("confusion", "confusion_normalized", "roc", "pr", "reliability"):
             _assert_png(out / "plots" / f"{split}_{kind}.png")
     _assert_png(out / "plots" / "history.png")
@@ -157,6 +172,7 @@ def test_evaluate_model_end_to_end(trained):
     assert f"| balanced accuracy | {val['balanced_accuracy']:.3f} | {base['balanced_accuracy']:.3f} |" in card
     assert "(plots/val_roc.png)" in card and "(plots/history.png)" in card and "(plots/val_reliability.png)" in card
     assert f"Brier score {val['calibration']['brier']:.3f}" in card
+    assert f"Brier score {val['calibration']['prior_corrected']['brier']:.3f}" in card and "risk_<class>" in card
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
@@ -206,3 +222,19 @@ def test_undefined_best_score_is_null_and_a_broken_history_is_skipped(trained, t
     assert "skipping training history" in caplog.text and "history.json" in caplog.text
     assert not (run / "eval" / "plots" / "history.png").exists()
     assert "training curves" not in (run / "eval" / "model_card.md").read_text()
+
+
+def test_checkpoint_without_recorded_priors_gets_them_derived(trained):
+    """Checkpoints written before the priors were recorded: the same factors from their config + the cache."""
+    payload = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    expected = payload["meta"].pop("prior_correction")
+    for key in ("training_prior", "train_class_counts"):
+        payload["meta"].pop(key)
+    old = trained["tmp"] / "old" / "best.pt"
+    old.parent.mkdir()
+    torch.save(payload, old)
+    metrics = json.loads(evaluate_model(old, trained["cache"], trained["cfg"], old.parent / "eval").read_text())
+    assert metrics["prior_correction"]["source"].startswith("derived from the checkpoint's config")
+    np.testing.assert_allclose(metrics["prior_correction"]["factors"], expected)
+    corrected = metrics["splits"]["val"]["calibration"]["prior_corrected"]
+    assert corrected["factors"] == metrics["prior_correction"]["factors"]

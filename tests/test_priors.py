@@ -1,0 +1,62 @@
+"""The prior correction against Bayes' rule on a problem whose true posteriors are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medpipe.priors import apply_prior_correction, prior_correction_factors, training_prior
+
+
+def _posterior(x: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Exact posteriors of three unit-variance Gaussian classes at means 0, 1.5, 3 under `prior`."""
+    likelihood = np.exp(-0.5 * (x[:, None] - np.array([0.0, 1.5, 3.0])[None, :]) ** 2)
+    joint = likelihood * prior
+    return joint / joint.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("weighted_sampling, loss_weights", [(True, None), (True, [0.1, 3.0, 4.0]),
+                                                             (False, [0.1, 3.0, 4.0]), (False, "auto")])
+def test_correction_recovers_the_posterior_at_the_prevalence(weighted_sampling, loss_weights):
+    counts = np.array([880, 70, 50])  # mammography-like
+    if loss_weights == "auto":
+        loss_weights = (1 / counts) * 3 / (1 / counts).sum()
+    prior = training_prior(counts, weighted_sampling, loss_weights)
+    x = np.linspace(-3, 6, 200)
+    # What a perfectly trained network outputs under the training prior, and what is true at the prevalence.
+    trained, true = _posterior(x, prior), _posterior(x, counts / counts.sum())
+    corrected = apply_prior_correction(trained, prior_correction_factors(counts, prior))
+    np.testing.assert_allclose(corrected, true, atol=1e-12)
+
+
+def test_training_prior_cases():
+    counts = [60, 30, 10]
+    np.testing.assert_allclose(training_prior(counts, True, None), [1 / 3] * 3)
+    np.testing.assert_allclose(training_prior(counts, False, None), [0.6, 0.3, 0.1])
+    np.testing.assert_allclose(training_prior(counts, True, [1, 1, 2]), [0.25, 0.25, 0.5])
+    # A class absent from training has no prior and no correction factor, and gets no probability.
+    np.testing.assert_allclose(training_prior([5, 0, 5], True, None), [0.5, 0, 0.5])
+    assert prior_correction_factors([5, 0, 5], [0.5, 0, 0.5]) == [0.5, 0.0, 0.5]
+    # No sampling and no weights: nothing to correct.
+    factors = prior_correction_factors(counts, training_prior(counts, False, None))
+    probs = np.array([[0.2, 0.3, 0.5], [0.9, 0.05, 0.05]])
+    np.testing.assert_allclose(apply_prior_correction(probs, factors), probs)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: training_prior([0, 0, 0], True, None), "positive total"),
+    (lambda: training_prior([1, 2, 3], True, [1, 2]), "must be 3 non-negative values"),
+    (lambda: training_prior([1, 2, 3], True, [1, -1, 1]), "non-negative"),
+    (lambda: training_prior([1, 0, 0], True, [0, 1, 1]), "loss weight 0"),
+    (lambda: apply_prior_correction(np.ones((2, 3)) / 3, [0.5, 0.5]), "2 factors for probabilities of shape"),
+])
+def test_bad_inputs_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_a_row_only_on_zero_factor_classes_is_kept():
+    probs = np.array([[0.0, 1.0, 0.0], [0.5, 0.25, 0.25]])
+    corrected = apply_prior_correction(probs, [0.5, 0.0, 0.5])
+    np.testing.assert_allclose(corrected[0], [0.0, 1.0, 0.0])
+    np.testing.assert_allclose(corrected[1], [2 / 3, 0.0, 1 / 3])
