@@ -18,7 +18,7 @@ import numpy as np
 
 from medpipe.config import Config
 from medpipe.fileio import atomic_output, atomic_write_text
-from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
+from medpipe.onnx_runtime import check_prior_correction, create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
 
 if TYPE_CHECKING:
@@ -81,11 +81,15 @@ def model_metadata(model: "torch.nn.Module", meta: dict[str, Any], version: str,
 
     Args:
         model: the logits model (its Normalize buffers give mean/std).
-        meta: checkpoint meta (model_name, classes, image_size, manifest_hash, preprocess_version).
+        meta: checkpoint meta (model_name, classes, image_size, manifest_hash, preprocess_version, and from
+            checkpoints that record them prior_correction, training_prior, train_class_counts).
         version: the model version.
         metrics_summary: headline validation metrics, or None.
+
+    Raises:
+        ValueError: the checkpoint's prior_correction is not one finite non-negative factor per class.
     """
-    return {
+    metadata = {
         "classes": metadata_as_json(list(meta["classes"])),
         "input_size": str(int(meta["image_size"])),
         "input_channels": "1",
@@ -98,6 +102,19 @@ def model_metadata(model: "torch.nn.Module", meta: dict[str, Any], version: str,
         "preprocess_version": str(meta.get("preprocess_version") or PREPROCESS_VERSION),
         "metrics": metadata_as_json(metrics_summary),
     }
+    # Checkpoints from before training recorded its priors lack these keys: their models keep the old contract
+    # (no risk columns when scored) instead of getting made-up factors.
+    if meta.get("prior_correction") is not None:
+        # Checked here too so that export never writes a model that scoring would refuse; tolist() gives the
+        # Python numbers JSON needs whether the meta holds lists or numpy arrays.
+        factors = check_prior_correction(np.asarray(meta["prior_correction"]).tolist(), len(meta["classes"]),
+                                         "checkpoint meta")
+        metadata["prior_correction"] = metadata_as_json(factors)
+        # What the risks assume (the training prevalence) and why the factors are what they are, for operators.
+        for key in ("training_prior", "train_class_counts"):
+            if meta.get(key) is not None:
+                metadata[key] = metadata_as_json(np.asarray(meta[key]).tolist())
+    return metadata
 
 
 def export_module(model: "torch.nn.Module", out_path: str | Path, image_size: int, metadata: dict[str, str],

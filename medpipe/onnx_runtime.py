@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ __all__ = [
     "create_session",
     "active_provider",
     "read_model_info",
+    "check_prior_correction",
     "read_file_metadata",
     "predict_onnx",
     "metadata_as_json",
@@ -52,6 +54,11 @@ META_KEYS = {
     "manifest_hash": "hash of the training data manifest",
     "preprocess_version": "medpipe.preprocess.PREPROCESS_VERSION the model was trained with",
     "metrics": "validation metrics summary (JSON)",
+    # Optional: absent in models exported from checkpoints written before training recorded its priors.
+    "prior_correction": "factors per class, in class order, that turn the output probabilities into risks at the "
+                        "training set's prevalence: p * w / sum(p * w) (JSON list; medpipe.priors); optional",
+    "training_prior": "class prior training effectively used, from sampling and loss weights (JSON list); optional",
+    "train_class_counts": "training images per class, the prevalence the risks assume (JSON list); optional",
 }
 _REQUIRED = ("classes", "input_size", "input_channels", "output")
 
@@ -68,6 +75,7 @@ class OnnxModelInfo:
     version: str | None = None
     preprocess_version: str | None = None
     manifest_hash: str | None = None
+    prior_correction: list[float] | None = None  # None: the model predates prior correction
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -163,10 +171,33 @@ def read_model_info(session: "onnxruntime.InferenceSession", source: str | Path 
                          "'probabilities' (softmax inside the graph)")
     if channels != 1:
         raise ValueError(f"{source}: input_channels={channels}; medpipe preprocessing yields 1 channel")
+    factors = None
+    if "prior_correction" in meta:
+        try:
+            value = json.loads(meta["prior_correction"])
+        except ValueError:
+            value = meta["prior_correction"]  # not JSON: reported verbatim by the check below
+        factors = check_prior_correction(value, len(classes), f"{source}: metadata")
     return OnnxModelInfo(classes=classes, input_size=size, input_channels=channels, output=meta["output"],
                          model_name=meta.get("model_name"), version=meta.get("version"),
                          preprocess_version=meta.get("preprocess_version"),
-                         manifest_hash=meta.get("manifest_hash"), metadata=meta)
+                         manifest_hash=meta.get("manifest_hash"), prior_correction=factors, metadata=meta)
+
+
+def check_prior_correction(value: Any, n_classes: int, where: str) -> list[float]:
+    """`value` as prior-correction factors: a list of `n_classes` finite non-negative numbers with a positive sum.
+
+    Anything else would make every risk NaN or silently wrong, so it is refused rather than skipped.
+
+    Raises:
+        ValueError: starting with `where` and naming the key 'prior_correction'.
+    """
+    numbers = isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value)
+    if not numbers or len(value) != n_classes or sum(value) <= 0:
+        raise ValueError(f"{where} 'prior_correction' must be a list of {n_classes} finite non-negative numbers "
+                         f"(one per class, in class order) with a positive sum, got {value!r}")
+    return [float(v) for v in value]
 
 
 def read_file_metadata(onnx_path: str | Path) -> dict[str, str]:

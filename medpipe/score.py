@@ -1,5 +1,10 @@
 """Batch scoring: every image under a folder -> one CSV row of class probabilities, with ONNX Runtime.
 
+The row holds the model's probabilities (`prob_<class>`, what the predicted class is the arg-max of) and, for a
+model whose metadata carries a prior correction (`medpipe.priors`), the risks `risk_<class>`: the same
+probabilities moved from the balanced training prior to the training set's prevalence, to be read as calibrated
+probabilities. Models exported before the correction existed keep the old columns.
+
 Images go through `medpipe.preprocess.load_image`, the function that built the training/evaluation cache, so a
 model sees in production exactly the pixels it was evaluated on. Decoding runs in a thread pool (PIL releases the
 GIL) a couple of batches ahead of inference, so decoding and ONNX Runtime overlap. Files that cannot be scored
@@ -28,6 +33,7 @@ from medpipe.config import Config
 from medpipe.fileio import atomic_output, sha256_file
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, PREPROCESS_VERSION, ImageError, load_image
+from medpipe.priors import apply_prior_correction
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
 
@@ -159,9 +165,19 @@ def _check_paths(input_dir: Path, output_csv: Path, resume: bool, overwrite: boo
                          "--overwrite to replace it")
 
 
+def _header(classes: list[str], corrected: bool) -> list[str]:
+    """The CSV columns; model_version stays last (`_read_existing` reads it there)."""
+    risks = [f"risk_{c}" for c in classes] if corrected else []
+    return ["path", "predicted", *(f"prob_{c}" for c in classes), *risks, "model_version"]
+
+
 def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size: int, version: str,
-                 rows: list[list[str]], errors: list[tuple[str, str]], classes: list[str]) -> None:
-    """Append one row per scored image to `rows` and one entry per failure to `errors`, in place."""
+                 rows: list[list[str]], errors: list[tuple[str, str]], classes: list[str],
+                 factors: list[float] | None) -> None:
+    """Append one row per scored image to `rows` and one entry per failure to `errors`, in place.
+
+    `factors`: the model's prior correction; when given, each row also holds the corrected probabilities.
+    """
     input_name = session.get_inputs()[0].name
     batches = _decode_batches(files, size, cfg.data.max_pixels, cfg.score.batch_size, cfg.score.decode_workers)
     with tqdm(total=len(files), desc="score", unit="img", disable=None) as bar:
@@ -171,8 +187,12 @@ def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size:
             if good:
                 x = np.stack([arr for _, arr in good])[:, None].astype(np.float32)
                 probs = session.run(None, {input_name: x})[0]
-                for (rel, _), p in zip(good, probs):
-                    rows.append([rel, classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p), version])
+                # The decision stays the arg-max of the raw (balanced) probabilities: the correction is for
+                # reading values as risks, and would trade minority-class recall for accuracy if it decided.
+                risks = apply_prior_correction(probs, factors) if factors is not None else np.empty((len(good), 0))
+                for (rel, _), p, r in zip(good, probs, risks):
+                    rows.append([rel, classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p),
+                                 *(f"{v:.6f}" for v in r), version])
             bar.update(len(batch))
 
 
@@ -184,14 +204,16 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
         model_ref_or_path: "champion", a version ("VERSION" or "MODEL/VERSION") in the store, or a local .onnx
             file (or a folder holding model.onnx).
         input_dir: scanned recursively; paths in the CSV are relative to it.
-        output_csv: columns path, predicted, prob_<class>..., model_version. Must not be inside input_dir.
+        output_csv: columns path, predicted, prob_<class>..., then risk_<class>... when the model carries a prior
+            correction, then model_version. Must not be inside input_dir.
         cfg: the config (score.batch_size, score.decode_workers, score.provider, data.max_pixels, store).
         store: the model store; default `open_store(cfg.store)` when a store reference is given.
         resume: keep the rows of an existing output and score only the files it lacks.
         overwrite: replace an existing output.
 
     Returns:
-        Summary: output, errors_file, provider, model_version, scored, kept, errors, seconds, images_per_s.
+        Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
+        errors, seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them).
     """
     input_dir, output_csv = Path(input_dir), Path(output_csv)
     _check_paths(input_dir, output_csv, resume, overwrite)
@@ -204,7 +226,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
                          f"{info.preprocess_version}, this medpipe produces version {PREPROCESS_VERSION}: its "
                          "predictions would not match its evaluation; score with the medpipe release it came from")
     version = str(source.get("version") or info.version or "unversioned")
-    header = ["path", "predicted", *(f"prob_{c}" for c in info.classes), "model_version"]
+    header = _header(info.classes, info.prior_correction is not None)
     rows = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
     kept = len(rows)
     done = {row[0] for row in rows}
@@ -214,7 +236,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes)
+        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes,
+                     info.prior_correction)
     except BaseException:
         # Interrupted: keep what was scored (with the kept rows) so --resume continues, unless that would
         # replace an output the caller asked to overwrite only once scoring completes.
@@ -231,7 +254,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
                "model_version": version, "model_name": info.model_name, "model_sha256": source.get("sha256"),
                "files": n_files, "scored": scored, "kept": kept,
                "errors": len(errors), "seconds": round(seconds, 3),
-               "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None}
+               "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
+               "prior_correction": info.prior_correction}
     _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
                  len(errors), version, summary["provider"], seconds)
     return summary

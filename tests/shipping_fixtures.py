@@ -41,6 +41,36 @@ def shipping_config(work: Path, *extra: str) -> Config:
     ])
 
 
+PRIOR_KEYS = ("prior_correction", "training_prior", "train_class_counts")
+
+
+def checkpoint_with_meta(checkpoint: Path, dest: Path, drop: tuple[str, ...] = (), **changes: object) -> Path:
+    """A copy of a real checkpoint whose meta lacks `drop` and has `changes` (e.g. one written before a key
+    existed); the weights are untouched."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    for key in drop:
+        del state["meta"][key]
+    state["meta"].update(changes)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dest)
+    return dest
+
+
+def onnx_with_metadata(model: Path, dest: Path, **values: str) -> Path:
+    """A copy of an exported model with some metadata_props values replaced (as a hand-edited file would be)."""
+    import onnx
+
+    proto = onnx.load(str(model))
+    entries = {entry.key: entry for entry in proto.metadata_props}
+    for key, value in values.items():
+        entry = entries.get(key) or proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(dest))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """custom_cnn and resnet18 trained for 2 epochs on 32 px images and evaluated on val (~15 s on 2 cores)."""

@@ -16,7 +16,8 @@ from medpipe.export import ParityError, export_onnx
 from medpipe.onnx_runtime import CPU_PROVIDER, create_session, predict_onnx, read_model_info
 from medpipe.preprocess import PREPROCESS_VERSION
 from medpipe.train import load_checkpoint
-from shipping_fixtures import TrainedRun, trained_run  # noqa: F401
+from shipping_fixtures import PRIOR_KEYS, TrainedRun, checkpoint_with_meta, onnx_with_metadata
+from shipping_fixtures import trained_run  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,12 @@ def test_export_passes_checker_and_records_metadata(exported, trained_run, name)
     summary = json.loads(meta["metrics"])
     assert summary["split"] == "val" and summary["macro_auc"] == val["macro_auc"]
     assert summary["balanced_accuracy"] == val["balanced_accuracy"]
+    # The prior correction travels exactly as training computed it, with what operators need to judge it.
+    for key in PRIOR_KEYS:
+        assert json.loads(meta[key]) == ckpt_meta[key]
     info = read_model_info(create_session(path, "cpu"), path)
     assert (info.classes, info.input_size, info.version, info.model_name) == (data.classes, 32, "v1", name)
+    assert info.prior_correction == ckpt_meta["prior_correction"]
 
 
 @pytest.mark.parametrize("name", ["custom_cnn", "resnet18"])
@@ -106,3 +111,30 @@ def test_export_refuses_a_bad_version_and_a_foreign_cache(trained_run, tmp_path)
     with pytest.raises(FileNotFoundError, match="not a medpipe cache"):
         export_onnx(trained_run.checkpoints["custom_cnn"], tmp_path, trained_run.cfg, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_checkpoint_without_priors_exports_without_a_correction(trained_run, tmp_path):  # noqa: F811
+    """Checkpoints written before training recorded its priors still export, with no invented factors."""
+    old = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], tmp_path / "old" / "best.pt", drop=PRIOR_KEYS)
+    path = export_onnx(old, trained_run.cache_dir, trained_run.cfg, tmp_path / "out" / "model.onnx", version="v0")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert not set(PRIOR_KEYS) & set(meta)
+    assert read_model_info(create_session(path, "cpu"), path).prior_correction is None
+
+
+@pytest.mark.parametrize("value", ["[0.5,0.5]", "[0.5,-0.1,0.6]", "[0,0,0]", "[NaN,0.5,0.5]", '["a",1,1]',
+                                   "[true,1,1]", '{"normal":1}', "not json"])
+def test_malformed_prior_correction_metadata_is_refused(exported, tmp_path, value):
+    """A risk computed from bad factors would be wrong without any visible sign: refuse the model instead."""
+    path = onnx_with_metadata(exported["custom_cnn"], tmp_path / "edited.onnx", prior_correction=value)
+    with pytest.raises(ValueError, match="'prior_correction' must be a list of 3 finite non-negative") as info:
+        read_model_info(create_session(path, "cpu"), path)
+    assert str(path) in str(info.value)
+
+
+def test_export_refuses_a_checkpoint_with_malformed_factors(trained_run, tmp_path):  # noqa: F811
+    bad = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], tmp_path / "bad.pt", prior_correction=[0.5, 0.5])
+    out = tmp_path / "out" / "model.onnx"
+    with pytest.raises(ValueError, match="checkpoint meta 'prior_correction' must be a list of 3"):
+        export_onnx(bad, trained_run.cache_dir, trained_run.cfg, out, version="v0")
+    assert not out.exists()

@@ -16,11 +16,19 @@ from medpipe.evaluate import predict_probs
 from medpipe.export import export_module, export_onnx, model_metadata
 from medpipe.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, choose_providers
 from medpipe.preprocess import load_image
+from medpipe.priors import apply_prior_correction
 from medpipe.registry import IntegrityError, publish_version
 from medpipe.score import ScoreError, errors_path_for, score_folder
 from medpipe.store import LocalStore
 from medpipe.train import load_checkpoint
-from shipping_fixtures import TrainedRun, trained_run  # noqa: F401
+from shipping_fixtures import PRIOR_KEYS, TrainedRun, checkpoint_with_meta, onnx_with_metadata
+from shipping_fixtures import trained_run  # noqa: F401
+
+_CLASSES = ("normal", "benign", "cancer")
+_PROBS = [f"prob_{c}" for c in _CLASSES]
+_RISKS = [f"risk_{c}" for c in _CLASSES]
+# Factors of a set where normal dominates, as in screening: risks differ visibly from the balanced probabilities.
+_SKEWED = [0.6, 0.3, 0.1]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +39,24 @@ def model_dir(trained_run: TrainedRun) -> Path:  # noqa: F811
                 trained_run.metrics["custom_cnn"], "v1")
     shutil.copyfile(trained_run.metrics["custom_cnn"], out / "metrics.json")
     return out
+
+
+@pytest.fixture(scope="module")
+def skewed_model(trained_run: TrainedRun) -> Path:  # noqa: F811
+    """custom_cnn exported from its checkpoint with the factors of an imbalanced training set."""
+    checkpoint = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], trained_run.work / "skewed" / "best.pt",
+                                      prior_correction=_SKEWED)
+    return export_onnx(checkpoint, trained_run.cache_dir, trained_run.cfg, trained_run.work / "skewed" / "model.onnx",
+                       version="v1")
+
+
+@pytest.fixture(scope="module")
+def legacy_model(trained_run: TrainedRun) -> Path:  # noqa: F811
+    """custom_cnn exported, as the same version v1, from a checkpoint written before training recorded priors."""
+    checkpoint = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], trained_run.work / "legacy" / "best.pt",
+                                      drop=PRIOR_KEYS)
+    return export_onnx(checkpoint, trained_run.cache_dir, trained_run.cfg, trained_run.work / "legacy" / "model.onnx",
+                       version="v1")
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -57,13 +83,12 @@ def test_scores_images_and_lists_bad_files(trained_run, model_dir, tmp_path):  #
 
     rows = _read(out)
     assert len(rows) == n_images == summary["scored"] and summary["kept"] == 0
-    assert list(rows[0]) == ["path", "predicted", "prob_normal", "prob_benign", "prob_cancer", "model_version"]
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_version"]
     assert {r["model_version"] for r in rows} == {"v1"} and summary["model_version"] == "v1"
     assert all(r["path"].split("/")[0] in ("normal", "benign", "cancer") for r in rows)
-    for r in rows:
-        probs = [float(r[f"prob_{c}"]) for c in ("normal", "benign", "cancer")]
-        assert sum(probs) == pytest.approx(1.0, abs=1e-5)
-        assert r["predicted"] == ("normal", "benign", "cancer")[int(np.argmax(probs))]
+    factors = torch.load(trained_run.checkpoints["custom_cnn"], weights_only=False)["meta"]["prior_correction"]
+    assert summary["prior_correction"] == factors
+    _check_rows(rows, factors)
     errors = {e["path"]: e["reason"] for e in _read(errors_path_for(out))}
     assert set(errors) == {"broken/truncated.png", "broken/empty.jpg", "notes.txt"}
     assert "empty" in errors["broken/empty.jpg"] and "unsupported file type '.txt'" in errors["notes.txt"]
@@ -71,6 +96,59 @@ def test_scores_images_and_lists_bad_files(trained_run, model_dir, tmp_path):  #
     assert summary["errors"] == 3 and summary["files"] == n_images + 3
     assert summary["provider"] == CPU_PROVIDER  # this machine has no GPU; see test_provider_choice
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "no temp files left"
+
+
+def _check_rows(rows: list[dict[str, str]], factors: list[float]) -> None:
+    """Probabilities and risks are distributions; risks are the corrected probabilities; the decision is raw."""
+    probs = np.array([[float(r[c]) for c in _PROBS] for r in rows])
+    risks = np.array([[float(r[c]) for c in _RISKS] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(risks.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(risks, apply_prior_correction(probs, factors), atol=1e-5, rtol=0)
+    assert [r["predicted"] for r in rows] == [_CLASSES[i] for i in probs.argmax(axis=1)]
+
+
+def test_risk_columns_are_the_prior_corrected_probabilities(trained_run, skewed_model, model_dir,  # noqa: F811
+                                                            tmp_path):
+    folder = trained_run.data_root / "val"
+    summary = score_folder(skewed_model, folder, tmp_path / "skewed.csv", trained_run.cfg)
+    assert summary["prior_correction"] == _SKEWED
+    rows = _read(tmp_path / "skewed.csv")
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_version"]
+    _check_rows(rows, _SKEWED)
+    # Same weights as model_dir: the probabilities (and so the decisions) do not depend on the factors.
+    score_folder(model_dir / "model.onnx", folder, tmp_path / "plain.csv", trained_run.cfg)
+    plain = {r["path"]: r for r in _read(tmp_path / "plain.csv")}
+    assert all([r[c] for c in ("predicted", *_PROBS)] == [plain[r["path"]][c] for c in ("predicted", *_PROBS)]
+               for r in rows)
+    probs = np.array([[float(r[c]) for c in _PROBS] for r in rows])
+    risks = np.array([[float(r[c]) for c in _RISKS] for r in rows])
+    assert np.abs(risks - probs).max() > 0.01, "the factors must visibly move the values, or this test proves nothing"
+
+
+def test_model_without_correction_keeps_the_old_columns(trained_run, legacy_model, model_dir, tmp_path):  # noqa: F811
+    folder = _images_folder(trained_run, tmp_path / "in")
+    out = tmp_path / "preds.csv"
+    summary = score_folder(legacy_model, folder, out, trained_run.cfg)
+    assert summary["prior_correction"] is None
+    rows = _read(out)
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, "model_version"]
+    assert len(rows) == summary["scored"] > 0
+    # Resuming that file with a model that adds risk columns (same version string) must not mix layouts.
+    (folder / "later.png").write_bytes(next(folder.rglob("*.png")).read_bytes())
+    before = out.read_text()
+    with pytest.raises(ScoreError, match="it was written by another model") as info:
+        score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, resume=True)
+    assert "risk_normal" in str(info.value)
+    assert out.read_text() == before
+
+
+def test_malformed_prior_correction_refuses_scoring(trained_run, model_dir, tmp_path):  # noqa: F811
+    bad = onnx_with_metadata(model_dir / "model.onnx", tmp_path / "bad.onnx", prior_correction="[1,2]")
+    folder = _images_folder(trained_run, tmp_path / "in")
+    with pytest.raises(ValueError, match=r"bad\.onnx: metadata 'prior_correction' must be a list of 3"):
+        score_folder(bad, folder, tmp_path / "preds.csv", trained_run.cfg)
+    assert not list(tmp_path.glob("*.csv"))
 
 
 def test_onnx_scoring_equals_torch_evaluation_path(trained_run, model_dir, tmp_path):  # noqa: F811
@@ -132,7 +210,8 @@ def test_refusals(trained_run, model_dir, tmp_path):  # noqa: F811
         score_folder(tmp_path / "missing.onnx", folder, tmp_path / "p.csv", trained_run.cfg)
     # An output of another model version is never mixed with new rows.
     out = tmp_path / "p.csv"
-    out.write_text("path,predicted,prob_normal,prob_benign,prob_cancer,model_version\nx.png,normal,1,0,0,v0\n")
+    out.write_text("path,predicted,prob_normal,prob_benign,prob_cancer,risk_normal,risk_benign,risk_cancer,"
+                   "model_version\nx.png,normal,1,0,0,1,0,0,v0\n")
     with pytest.raises(ScoreError, match=r"model version\(s\) \['v0'\]"):
         score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, resume=True)
     assert not (tmp_path / "p.errors.csv").exists()

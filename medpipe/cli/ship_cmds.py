@@ -113,6 +113,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {summary['scored']} images, kept {summary['kept']} from the existing output, "
           f"{summary['errors']} errors, {summary['seconds']:.1f} s" + (f" ({rate} img/s)" if rate else ""))
     print(f"predictions: {summary['output']}  errors: {summary['errors_file']}")
+    if summary["prior_correction"] is not None:  # operators should know which columns to read as probabilities
+        print("risk_<class> columns: probabilities corrected to the training prevalence (read these as risks; "
+              "predicted is the arg-max of prob_<class>)")
     return 0
 
 
