@@ -54,6 +54,21 @@ def _train_indices(data, cfg: Config) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+def _warn_if_lopsided(prior: np.ndarray, classes: list[str], cfg: Config) -> None:
+    """Say so when the settings make training far from balanced: e.g. the original's loss weights 0.1/3/4 on
+    top of weighted sampling teach a prior of ~1 % for the first class, which the model then rarely predicts;
+    on data where that class is not the majority (an ultrasound set with few normals) that is the wrong way."""
+    present = prior[prior > 0]
+    if present.max() / present.min() <= 5:
+        return
+    shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior))
+    fix = ("train.class_weights=none (weighted sampling already balances every batch)" if cfg.train.weighted_sampling
+           else "train.class_weights=auto or train.weighted_sampling=true")
+    _logger.warning("training learns under the class balance %s (weighted_sampling=%s x class_weights=%s): the "
+                    "rarest of these will seldom be predicted; for balanced training set %s", shown,
+                    cfg.train.weighted_sampling, cfg.train.class_weights, fix)
+
+
 def _prior_facts(cfg: Config, data) -> dict:
     """Train class counts, the prior training effectively used, and the correction back to the prevalence."""
     from medpipe.priors import prior_correction_factors, training_prior
@@ -62,6 +77,7 @@ def _prior_facts(cfg: Config, data) -> dict:
     counts = np.bincount(labels, minlength=len(data.classes))
     weights = class_weight_vector(cfg.train.class_weights, labels, len(data.classes))
     prior = training_prior(counts, cfg.train.weighted_sampling, weights)
+    _warn_if_lopsided(prior, data.classes, cfg)
     return {"train_class_counts": counts.tolist(), "training_prior": prior.tolist(),
             "prior_correction": prior_correction_factors(counts, prior)}
 

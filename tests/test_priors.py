@@ -60,3 +60,23 @@ def test_a_row_only_on_zero_factor_classes_is_kept():
     corrected = apply_prior_correction(probs, [0.5, 0.0, 0.5])
     np.testing.assert_allclose(corrected[0], [0.0, 1.0, 0.0])
     np.testing.assert_allclose(corrected[1], [2 / 3, 0.0, 1 / 3])
+
+
+def test_training_warns_when_its_settings_are_far_from_balanced(tmp_path, caplog):
+    from medpipe_testdata import write_dataset
+
+    from medpipe.config import load_config
+    from medpipe.data.cache import build_cache, load_cache
+    from medpipe.train import _prior_facts
+
+    root = write_dataset(tmp_path / "data", per_class=3, size=32)
+    overrides = ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}"]
+    data = load_cache(build_cache(root, load_config(None, overrides)))
+    with caplog.at_level("WARNING", logger="medpipe.train"):
+        facts = _prior_facts(load_config(None, overrides), data)  # the original's 0.1/3/4 on top of sampling
+    np.testing.assert_allclose(facts["training_prior"], np.array([0.1, 3, 4]) / 7.1)
+    assert "normal 0.014" in caplog.text and "train.class_weights=none" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medpipe.train"):
+        facts = _prior_facts(load_config(None, overrides + ["train.class_weights=none"]), data)
+    assert caplog.text == "" and facts["prior_correction"] == pytest.approx([1 / 3] * 3)

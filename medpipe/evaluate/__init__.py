@@ -139,6 +139,8 @@ def _training_facts(meta: dict[str, Any], summary: dict[str, Any] | None) -> dic
         "best_score": _finite_or_none(meta.get("best_score")),
         "train_images": summary.get("train_images"),
         "preprocess_version": meta.get("preprocess_version"),
+        # The class balance the model learned under (sampling share x loss weight); None for older checkpoints.
+        "training_prior": meta.get("training_prior"),
     }
 
 

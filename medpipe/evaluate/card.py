@@ -134,6 +134,12 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
     return lines
 
 
+def _prior_text(prior: list[float] | None, classes: list[str]) -> str | None:
+    if not prior or len(prior) != len(classes):
+        return None
+    return ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior))
+
+
 def _config_section(config: dict[str, Any], training: dict[str, Any] | None, model_name: str) -> list[str]:
     data, train = config.get("data", {}), config.get("train", {})
     model_cfg = config.get("models", {}).get(model_name, {})
@@ -153,6 +159,8 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
         ["learning rate / weight decay", f"{_fmt(train.get('lr'))} / {_fmt(train.get('weight_decay'))}"],
         ["class weights", train.get("class_weights")],
         ["weighted sampling", train.get("weighted_sampling")],
+        ["class balance learned (sampling x loss weight)", _prior_text(training.get("training_prior"),
+                                                                        data.get("classes", []))],
         ["label smoothing", train.get("label_smoothing")],
         ["augmentation", {True: "on", False: "off"}.get(config.get("augment", {}).get("enabled"))],
         ["leakage handling", data.get("leakage")],

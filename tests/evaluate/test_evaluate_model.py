@@ -173,6 +173,7 @@ def test_evaluate_model_end_to_end(trained):
     assert "(plots/val_roc.png)" in card and "(plots/history.png)" in card and "(plots/val_reliability.png)" in card
     assert f"Brier score {val['calibration']['brier']:.3f}" in card
     assert f"Brier score {val['calibration']['prior_corrected']['brier']:.3f}" in card and "risk_<class>" in card
+    assert "| class balance learned (sampling x loss weight) | normal 0.014, benign 0.423, cancer 0.563 |" in card
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
