@@ -148,6 +148,13 @@ def rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str]
         None when the store has no champion, else {"model_name", "version", "sha256", "provider", "metrics"}
         with metrics flat (`flatten_metrics`) and measured now, on the current data.
     """
+    rescored = _rescore_champion(store, cache_dir, split, classes, provider, batch_size)
+    return None if rescored is None else rescored[0]
+
+
+def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str], provider: str,
+                      batch_size: int) -> tuple[dict[str, Any], np.ndarray, Any] | None:
+    """rescore_champion's result, plus the champion's probabilities and the split's cached arrays."""
     from medpipe.data.cache import load_cache
     from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
     from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
@@ -173,8 +180,54 @@ def rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str]
     train = data.splits.get("train")
     baseline = majority_class(train.labels, len(classes)) if train is not None and len(train.labels) else None
     metrics = compute_metrics(np.asarray(arrays.labels), probs, classes, baseline)
-    return {"model_name": info["model_name"], "version": info["version"], "sha256": info["sha256"],
-            "provider": ran_on, "split": split, "n": int(len(arrays.labels)), "metrics": flatten_metrics(metrics)}
+    summary = {"model_name": info["model_name"], "version": info["version"], "sha256": info["sha256"],
+               "provider": ran_on, "split": split, "n": int(len(arrays.labels)), "metrics": flatten_metrics(metrics)}
+    return summary, probs, arrays
+
+
+def _challenger_probs(metrics_path: Path, split: str, arrays: Any, classes: list[str]) -> np.ndarray | None:
+    """The challenger's probabilities on the cached split, from the predictions CSV its evaluation wrote beside
+    metrics.json, in the cache's image order; None when that file is missing or covers other images."""
+    import csv
+
+    path = Path(metrics_path).parent / f"predictions_{split}.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = {row["rel"]: [float(row[f"prob_{c}"]) for c in classes] for row in csv.DictReader(handle)}
+    if set(rows) != set(arrays.rels):
+        return None
+    return np.array([rows[rel] for rel in arrays.rels])
+
+
+def _paired_comparison(challenger: str, champion: dict[str, Any], challenger_probs: np.ndarray | None,
+                       champion_probs: np.ndarray, arrays: Any, cfg: Config) -> tuple[dict[str, Any] | None, str]:
+    """Challenger minus champion on the same images and the same patient resamples, and a sentence about it.
+
+    Informational: the decision stays the champion check (tolerance on the point estimates); this says whether
+    the split can tell the two apart at all, which a 0.01 difference on 36 lesion images usually cannot.
+    """
+    from medpipe.evaluate.uncertainty import paired_difference_intervals
+
+    primary = cfg.gate.primary_metric
+    if primary not in ("macro_auc", "balanced_accuracy"):
+        return None, f"paired comparison with the champion: only for macro_auc and balanced_accuracy, not {primary}"
+    if challenger_probs is None:
+        return None, (f"paired comparison with the champion not done: {challenger}'s predictions_{cfg.gate.split}.csv "
+                      "is missing or covers other images than the current cache")
+    if cfg.evaluate.bootstrap_resamples <= 0:
+        return None, "paired comparison with the champion not done: evaluate.bootstrap_resamples is 0"
+    result = paired_difference_intervals(np.asarray(arrays.labels), challenger_probs, champion_probs,
+                                         list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
+    entry = result.get(primary)
+    if entry is None or entry["interval"] is None:
+        return result, f"paired comparison with the champion: the {primary} difference is undefined on this split"
+    low, high = entry["interval"]
+    verdict = ("the challenger is better" if low > 0 else "the challenger is worse" if high < 0 else
+               "this split cannot tell them apart")
+    return result, (f"{challenger} minus champion {champion['model_name']}/{champion['version']} {primary}: "
+                    f"{entry['difference']:+.4f} ({result['level']:.0%} paired interval {low:+.4f} to {high:+.4f} over "
+                    f"{result['groups']} patients): {verdict}")
 
 
 def _champion_check(flat: Flat, champion: dict[str, Any], primary: str, tolerance: float) -> dict[str, Any]:
@@ -237,9 +290,15 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0]["splits"][split])
     if gate.must_beat_baseline:
         checks.append(_baseline_check(flat))
-    champion, notes = _find_champion(store, cache_dir, split, classes, cfg)
-    if champion is not None:
+    rescored, notes = _find_champion(store, cache_dir, split, classes, cfg)
+    champion, comparison = None, None
+    if rescored is not None:
+        champion, champion_probs, arrays = rescored
         checks.append(_champion_check(flat, champion, gate.primary_metric, gate.champion_tolerance))
+        comparison, sentence = _paired_comparison(
+            challenger, champion, _challenger_probs(Path(metrics_paths[challenger]), split, arrays, classes),
+            champion_probs, arrays, cfg)
+        notes = notes + [sentence]
     passed = all(c["passed"] for c in checks)
     failed = [c["reason"] for c in checks if not c["passed"]]
     reasons = notes + (failed or [f"{challenger} passed all {len(checks)} checks"])
@@ -247,7 +306,8 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
         "passed": passed, "challenger": challenger, "split": split, "primary_metric": gate.primary_metric,
         "candidates": {name: {"primary": f.get(gate.primary_metric), "metrics": str(metrics_paths[name])}
                        for name, f in flat_by_model.items()},
-        "challenger_metrics": flat, "champion": champion, "first_run": champion is None,
+        "challenger_metrics": flat, "champion": champion, "champion_comparison": comparison,
+        "first_run": champion is None,
         "tolerance": gate.champion_tolerance, "checks": checks, "reasons": reasons,
     }
     atomic_write_text(out_path, json.dumps(decision, indent=2, allow_nan=False) + "\n")
@@ -256,8 +316,8 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
 
 
 def _find_champion(store: Any, cache_dir: Path | None, split: str, classes: list[str],
-                   cfg: Config) -> tuple[dict[str, Any] | None, list[str]]:
-    """(re-scored champion or None, notes for the report)."""
+                   cfg: Config) -> tuple[tuple[dict[str, Any], np.ndarray, Any] | None, list[str]]:
+    """(re-scored champion with its probabilities and the split's arrays, or None; notes for the report)."""
     from medpipe.registry import read_champion
 
     if store is None:
@@ -266,4 +326,4 @@ def _find_champion(store: Any, cache_dir: Path | None, split: str, classes: list
         return None, [f"first run: no champion in {store.uri()}; only the absolute gates apply"]
     if cache_dir is None:
         raise GateError("a champion is published: pass cache_dir so it can be re-scored on the current split")
-    return rescore_champion(store, cache_dir, split, classes, cfg.score.provider, cfg.score.batch_size), []
+    return _rescore_champion(store, cache_dir, split, classes, cfg.score.provider, cfg.score.batch_size), []

@@ -116,6 +116,16 @@ def test_champion_is_rescored_from_its_onnx_on_the_current_split(trained_run, ch
     assert champion["metrics"]["balanced_accuracy"] == pytest.approx(real["balanced_accuracy"], abs=1e-6)
     check = next(c for c in decision["checks"] if c["name"] == "not_worse_than_champion")
     assert check["threshold"] == pytest.approx(real["macro_auc"] - cfg.gate.champion_tolerance)
+    # The paired comparison: challenger minus the re-scored champion, on the same images and resamples.
+    comparison = decision["champion_comparison"]
+    mine = _flat(trained_run.metrics[decision["challenger"]])
+    difference = comparison["macro_auc"]["difference"]
+    assert difference == pytest.approx(mine["macro_auc"] - champion["metrics"]["macro_auc"], abs=1e-6)
+    low, high = comparison["macro_auc"]["interval"]
+    assert low <= difference <= high and comparison["groups"] == champion["n"]
+    if decision["challenger"] == "custom_cnn":  # the champion itself: no difference in any resample
+        assert low == high == 0.0
+    assert any("paired interval" in r and "over" in r for r in decision["reasons"])
 
     with pytest.raises(GateError, match="pass cache_dir"):
         gate_models(trained_run.metrics, cfg, tmp_path / "gate2.json", store=champion_store)
@@ -131,6 +141,9 @@ def test_challenger_worse_than_champion_fails(trained_run, champion_store, weak_
     assert decision["passed"] is False
     assert [c["name"] for c in decision["checks"] if not c["passed"]] == ["not_worse_than_champion"]
     assert any("champion custom_cnn/v1" in r and "re-scored" in r for r in decision["reasons"])
+    comparison = decision["champion_comparison"]["macro_auc"]
+    assert comparison["difference"] == pytest.approx(weak["macro_auc"] - real["macro_auc"], abs=1e-6)
+    assert comparison["interval"][0] <= comparison["difference"] <= comparison["interval"][1]
 
     # The same challenger passes when the tolerance allows the gap.
     loose = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}", "gate.must_beat_baseline=false",
@@ -240,3 +253,14 @@ def test_an_interval_bound_cannot_be_the_primary_metric(trained_run, tmp_path): 
     cfg = _cfg(trained_run, "gate.primary_metric=macro_auc_ci_low")
     with pytest.raises(GateError, match="is a bootstrap interval bound.*use 'macro_auc'"):
         gate_models(trained_run.metrics, cfg, tmp_path / "gate.json")
+
+
+def test_paired_comparison_needs_the_challengers_predictions(trained_run, champion_store, tmp_path):  # noqa: F811
+    lone = tmp_path / "lone" / "metrics.json"  # a metrics.json without the predictions CSV beside it
+    lone.parent.mkdir()
+    lone.write_text(trained_run.metrics["custom_cnn"].read_text())
+    cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}")
+    decision = gate_models({"custom_cnn": lone}, cfg, tmp_path / "gate.json", store=champion_store,
+                           cache_dir=trained_run.cache_dir)
+    assert decision["champion_comparison"] is None
+    assert any("predictions_val.csv is missing" in r for r in decision["reasons"])

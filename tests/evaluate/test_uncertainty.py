@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medpipe.evaluate.metrics import compute_metrics
-from medpipe.evaluate.uncertainty import bootstrap_intervals, weighted_auc_many
+from medpipe.evaluate.uncertainty import bootstrap_intervals, paired_difference_intervals, weighted_auc_many
 
 
 def _scored(n: int, seed: int, separation: float = 1.0):
@@ -62,3 +62,24 @@ def test_disabled_or_bad_input():
     assert off["macro_auc"] is None and off["balanced_accuracy"] is None
     with pytest.raises(ValueError, match="one patient id per image"):
         bootstrap_intervals(y, probs, ["p"] * 29)
+
+
+def test_paired_difference_is_narrower_than_the_two_intervals_and_signs_a_real_gap():
+    rng = np.random.default_rng(4)
+    y = rng.choice(3, size=240, p=[0.8, 0.1, 0.1])
+    groups = np.arange(240) // 2  # two views per patient
+    signal = np.eye(3)[y]
+    a = 0.2 * signal + 0.8 * rng.dirichlet([1, 1, 1], size=240)  # AUC ~0.8: far from the ceiling
+    b = 0.98 * a + 0.02 * rng.dirichlet([1, 1, 1], size=240)  # nearly the same model
+    paired = paired_difference_intervals(y, a, b, groups, resamples=400)
+    low, high = paired["macro_auc"]["interval"]
+    own = bootstrap_intervals(y, a, groups, resamples=400)["macro_auc"]
+    assert low <= paired["macro_auc"]["difference"] <= high
+    assert high - low < 0.25 * (own[1] - own[0])  # the shared luck of the draw cancels
+    assert paired["groups"] == 120 and paired["kept"] == 400
+    same = paired_difference_intervals(y, a, a, groups, resamples=100)
+    assert same["macro_auc"] == {"difference": 0.0, "interval": [0.0, 0.0]}
+    clearly = paired_difference_intervals(y, a, rng.dirichlet([1, 1, 1], size=240), groups, resamples=200)
+    assert clearly["macro_auc"]["interval"][0] > 0 and clearly["balanced_accuracy"]["interval"][0] > 0
+    with pytest.raises(ValueError, match="needs the same images"):
+        paired_difference_intervals(y, a, b[:10], groups)
