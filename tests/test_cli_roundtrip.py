@@ -37,7 +37,13 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
     for name, row in summary["models"].items():  # each figure is shown with its patient-bootstrap interval
         lo, hi = row["intervals"]["macro_auc"]
         assert f"{row['macro_auc']:.3f} ({lo:.2f}–{hi:.2f})" in summary_md
-    assert "this split does not separate them" in summary_md or "below the best model's 95 % interval" in summary_md
+    assert "this split does not separate them" in summary_md or "beyond the split's noise" in summary_md
+    paired = summary["best_vs_runner_up"]  # both models scored the same val images: a paired comparison
+    assert {paired["best"], paired["runner_up"]} == {"custom_cnn", "resnet18"}
+    low, high = paired["macro_auc"]["interval"]
+    assert low <= paired["macro_auc"]["difference"] <= high
+    assert f"macro_auc: {paired['macro_auc']['difference']:+.3f} (paired 95 % interval {low:+.3f} to {high:+.3f})" \
+        in summary_md
 
     # gate: the run's own config.yaml is used (32 px cache); first run against an empty store.
     assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local), *loose]) == 0
