@@ -16,7 +16,8 @@ from torch import nn
 
 from medpipe.config import Config
 
-__all__ = ["build_model", "Normalize", "CustomCNN", "ResNet18Classifier", "unfreeze_for_epoch", "param_groups"]
+__all__ = ["build_model", "check_pretrained_weights", "Normalize", "CustomCNN", "ResNet18Classifier",
+           "unfreeze_for_epoch", "param_groups"]
 
 _logger = logging.getLogger(__name__)
 
@@ -116,6 +117,17 @@ def _load_resnet18_state(weights: str) -> dict:
     if "conv1.weight" not in state or "fc.weight" not in state:
         raise ValueError(f"{path}: not a torchvision ResNet-18 state dict (missing conv1.weight / fc.weight)")
     return state
+
+
+def check_pretrained_weights(cfg: Config) -> None:
+    """Load the configured pretrained weights once, before anything else runs, so that a missing file or an
+    offline machine stops `medpipe run` in seconds, not after the first model has trained for an hour.
+
+    Raises:
+        RuntimeError / FileNotFoundError / ValueError: as building the model would, naming what to do.
+    """
+    if "resnet18" in cfg.models.names and cfg.models.resnet18.weights != "none":
+        _load_resnet18_state(cfg.models.resnet18.weights)
 
 
 def build_model(name: str, cfg: Config, num_classes: int) -> nn.Module:

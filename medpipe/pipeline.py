@@ -141,8 +141,10 @@ def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume
     from medpipe.data.cache import build_cache
     from medpipe.data.validate import format_validation_summary, validate_dataset
     from medpipe.evaluate import evaluate_model
+    from medpipe.models import check_pretrained_weights
     from medpipe.train import train_model
 
+    check_pretrained_weights(cfg)  # fail before validation and hours of training, not between the two models
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")

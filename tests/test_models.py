@@ -68,3 +68,21 @@ def test_imagenet_without_network_says_where_to_put_the_file(tmp_path, monkeypat
         assert "weights=none" in message
     else:  # a machine with network downloads the real weights: that is fine too
         pass
+
+
+def test_run_checks_pretrained_weights_before_validating_or_training(tmp_path):
+    from medpipe_testdata import write_dataset
+
+    from medpipe.pipeline import run_pipeline
+
+    data = write_dataset(tmp_path / "data", per_class=2, size=32)
+    cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                             f"models.resnet18.weights={tmp_path / 'missing.pth'}"])
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        run_pipeline(data, cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()  # nothing was started
+    # A run without resnet18 does not need its weights.
+    only_cnn = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",
+                                  f"models.resnet18.weights={tmp_path / 'missing.pth'}", "models.names=[custom_cnn]",
+                                  "train.epochs=1"])
+    assert run_pipeline(data, only_cnn, tmp_path / "run").is_file()
