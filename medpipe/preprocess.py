@@ -1,8 +1,8 @@
 """The one image preprocessing function used by caching, evaluation and scoring.
 
-Every image, whatever its format (JPEG/PNG, 8- or 16-bit, grayscale/RGB/RGBA/palette), becomes a single-channel
-uint8 array of size x size. Training, evaluation and ONNX scoring all go through `load_image`, so a model sees
-exactly the same pixels in production as in its evaluation.
+Every image, whatever its format (JPEG/PNG/TIFF/BMP, 8- or 16-bit or float, grayscale/RGB/RGBA/palette), becomes a
+single-channel uint8 array of size x size. Training, evaluation and ONNX scoring all go through `load_image`, so a
+model sees exactly the same pixels in production as in its evaluation.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["ImageError", "IMAGE_EXTENSIONS", "decode_image", "resize_image", "load_image", "PREPROCESS_VERSION"]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+# JPEG and PNG, plus TIFF (8/16-bit and float, as mammography and microscopy exports often are) and BMP (some
+# ultrasound machines export it): all decoded by PIL into the same conversion below.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 # Bumped whenever the pixels produced here change: it is part of the cache key and of exported model metadata.
 PREPROCESS_VERSION = "1"
 
@@ -82,13 +84,16 @@ def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
                     path, f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                     "(data.max_pixels); refused without decoding", kind="too_large",
                 )
+            if img.format == "TIFF" and getattr(img, "n_frames", 1) > 1:
+                # A stack (slices, a tomosynthesis series, pages) is not one image; taking frame 0 would hide it.
+                raise ImageError(path, f"TIFF with {img.n_frames} frames; expected a single image per file")
             img.load()  # forces a full decode, so truncated files fail here and not later
             img = ImageOps.exif_transpose(img)
             return _to_uint8_gray(img)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(path, "not a recognised image format (expected JPEG or PNG)") from None
+        raise ImageError(path, "not a recognised image format (expected JPEG, PNG, TIFF or BMP)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"refused as a decompression bomb: {exc}", kind="too_large") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -48,13 +48,21 @@ def _formats(tmp: Path) -> dict[str, Path]:
     Image.fromarray(grad, mode="L").save(files["gray_jpeg"], quality=95)
     files["la_png"] = tmp / "la.png"
     Image.fromarray(np.dstack([grad, np.full_like(grad, 255)]), mode="LA").save(files["la_png"])
+    files["gray16_tiff"] = tmp / "g16.TIFF"  # 12-bit data, upper-case extension
+    Image.fromarray(grad.astype(np.uint16) * 16).save(files["gray16_tiff"])
+    files["float_tiff"] = tmp / "f.tif"
+    Image.fromarray(grad.astype(np.float32) / 255 - 0.5).save(files["float_tiff"])  # -0.5..0.5, mode F
+    files["rgb_bmp"] = tmp / "rgb.bmp"
+    Image.fromarray(np.dstack([grad, grad, grad]), mode="RGB").save(files["rgb_bmp"])
     return files
 
 
-@pytest.mark.parametrize("kind", ["gray16_png", "rgba_png", "palette_png", "rgb_jpeg", "gray_jpeg", "la_png"])
+@pytest.mark.parametrize("kind", ["gray16_png", "rgba_png", "palette_png", "rgb_jpeg", "gray_jpeg", "la_png",
+                                  "gray16_tiff", "float_tiff", "rgb_bmp"])
 def test_every_format_decodes_to_2d_uint8(tmp_path: Path, kind: str) -> None:
     path = _formats(tmp_path)[kind]
-    expected_mode = {"gray16_png": "I;16", "rgba_png": "RGBA", "palette_png": "P", "rgb_jpeg": "RGB"}.get(kind)
+    expected_mode = {"gray16_png": "I;16", "rgba_png": "RGBA", "palette_png": "P", "rgb_jpeg": "RGB",
+                     "gray16_tiff": "I;16", "float_tiff": "F", "rgb_bmp": "RGB"}.get(kind)
     if expected_mode:  # the file really is stored in the format the test claims
         assert Image.open(path).mode == expected_mode
     arr = decode_image(path, max_pixels=10_000)
@@ -73,6 +81,13 @@ def test_16bit_is_stretched_to_full_range(tmp_path: Path) -> None:
     Image.fromarray(raw).save(tmp_path / "x.png")
     arr = decode_image(tmp_path / "x.png", 10_000)
     assert arr.min() == 0 and arr.max() == 255
+
+
+def test_multi_frame_tiff_is_refused_naming_the_frames(tmp_path: Path) -> None:
+    frames = [Image.fromarray(_gradient()), Image.fromarray(_gradient()[::-1])]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageError, match="stack.tif.*TIFF with 2 frames; expected a single image"):
+        decode_image(tmp_path / "stack.tif", 10_000)
 
 
 def test_transparent_pixels_become_black(tmp_path: Path) -> None:
