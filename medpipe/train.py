@@ -8,6 +8,7 @@ and history.png into its output folder.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import time
@@ -42,8 +43,14 @@ def class_weight_vector(setting: Any, labels: np.ndarray, num_classes: int) -> n
     return np.asarray(setting, dtype=np.float64)
 
 
+def _image_digests(images: np.ndarray) -> list[bytes]:
+    """One digest per cached image: equal for images with identical decoded pixels (a PNG copy of a JPEG too)."""
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in images]
+
+
 def _train_indices(data, cfg: Config) -> np.ndarray:
-    """Train rows to use: all, or without patients that also appear in val/test (honest, patient-disjoint val)."""
+    """Train rows to use: all, or without patients that also appear in val/test and without exact copies of
+    val/test images (honest, patient-disjoint val even when validation's leakage findings were only warnings)."""
     train = data.splits["train"]
     keep = np.ones(len(train.labels), dtype=bool)
     if cfg.data.leakage == "exclude_from_train":
@@ -51,6 +58,13 @@ def _train_indices(data, cfg: Config) -> np.ndarray:
         keep = np.array([p not in held_out for p in train.patients], dtype=bool)
         if (~keep).any():
             _logger.warning("excluding %d train images whose patients also appear in val/test", int((~keep).sum()))
+        held_out_images = {d for name, split in data.splits.items() if name != "train"
+                           for d in _image_digests(split.images)}
+        copies = np.array([d in held_out_images for d in _image_digests(train.images)], dtype=bool) & keep
+        if copies.any():
+            _logger.warning("excluding %d train images whose pixels are identical to a val/test image",
+                            int(copies.sum()))
+            keep &= ~copies
     return np.flatnonzero(keep)
 
 
@@ -69,11 +83,11 @@ def _warn_if_lopsided(prior: np.ndarray, classes: list[str], cfg: Config) -> Non
                     cfg.train.weighted_sampling, cfg.train.class_weights, fix)
 
 
-def _prior_facts(cfg: Config, data) -> dict:
+def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
     """Train class counts, the prior training effectively used, and the correction back to the prevalence."""
     from medpipe.priors import prior_correction_factors, training_prior
 
-    labels = np.asarray(data.splits["train"].labels)[_train_indices(data, cfg)]
+    labels = np.asarray(data.splits["train"].labels)[train_rows]
     counts = np.bincount(labels, minlength=len(data.classes))
     weights = class_weight_vector(cfg.train.class_weights, labels, len(data.classes))
     prior = training_prior(counts, cfg.train.weighted_sampling, weights)
@@ -149,11 +163,12 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
         device = resolve_device(cfg.train.device)
     except ValueError as exc:
         raise TrainingError(f"train.device: {exc}") from exc
-    state = TrainingState.create(model_name, cfg, data, _train_indices(data, cfg), device)
+    train_rows = _train_indices(data, cfg)
+    state = TrainingState.create(model_name, cfg, data, train_rows, device)
     if resume:
         state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
         _logger.info("resuming %s from epoch %d", model_name, state.epoch)
-    priors = _prior_facts(cfg, data)
+    priors = _prior_facts(cfg, data, train_rows)
     started = time.perf_counter()
     # Training wall time up to the latest checkpoint, summed over --resume sessions (kept in last.pt).
     earlier_seconds = state.seconds

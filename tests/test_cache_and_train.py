@@ -40,6 +40,22 @@ def test_leaked_patients_are_excluded_from_training(tmp_path: Path, fast_config)
     assert json.loads((out / "history.json").read_text())["train_images"] == 12
 
 
+def test_train_copies_of_val_images_are_excluded_from_training(tmp_path: Path, fast_config, caplog):
+    """A PNG copy of a val JPEG under another (train) patient's name: same pixels, so it must not be trained on."""
+    root = write_dataset(tmp_path / "d", per_class=4, size=32, fmt="png")
+    val_image = sorted((root / "val" / "cancer").iterdir())[0]
+    Image.open(val_image).save(root / "train" / "cancer" / "P_77777_LEFT_CC.png")  # a new patient id
+    with caplog.at_level("WARNING", logger="medpipe.train"):
+        out = train_model(build_cache(root, fast_config), "custom_cnn", fast_config, tmp_path / "run")
+    assert json.loads((out / "history.json").read_text())["train_images"] == 12
+    assert "1 train images whose pixels are identical to a val/test image" in caplog.text
+    # data.leakage=report keeps it (and only reports, through validation).
+    report_only = load_config(None, ["data.image_size=32", "train.epochs=1", "train.device=cpu",
+                                     "data.leakage=report", f"data.cache_dir={tmp_path / 'cache'}"])
+    out = train_model(build_cache(root, report_only), "custom_cnn", report_only, tmp_path / "kept")
+    assert json.loads((out / "history.json").read_text())["train_images"] == 13
+
+
 def test_training_writes_checkpoints_and_is_reproducible(tiny_dataset: Path, fast_config, tmp_path: Path):
     cache = build_cache(tiny_dataset, fast_config)
     a = train_model(cache, "custom_cnn", fast_config, tmp_path / "a")

@@ -72,11 +72,12 @@ def test_training_warns_when_its_settings_are_far_from_balanced(tmp_path, caplog
     root = write_dataset(tmp_path / "data", per_class=3, size=32)
     overrides = ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}"]
     data = load_cache(build_cache(root, load_config(None, overrides)))
+    rows = np.arange(len(data.splits["train"].labels))
     with caplog.at_level("WARNING", logger="medpipe.train"):
-        facts = _prior_facts(load_config(None, overrides), data)  # the original's 0.1/3/4 on top of sampling
+        facts = _prior_facts(load_config(None, overrides), data, rows)  # the original's 0.1/3/4 on top of sampling
     np.testing.assert_allclose(facts["training_prior"], np.array([0.1, 3, 4]) / 7.1)
     assert "normal 0.014" in caplog.text and "train.class_weights=none" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="medpipe.train"):
-        facts = _prior_facts(load_config(None, overrides + ["train.class_weights=none"]), data)
+        facts = _prior_facts(load_config(None, overrides + ["train.class_weights=none"]), data, rows)
     assert caplog.text == "" and facts["prior_correction"] == pytest.approx([1 / 3] * 3)

@@ -272,7 +272,9 @@ def _check_exact_duplicates(good: list[_Record], findings: _Findings) -> dict[st
         if len(by_split) > 1:
             summary["cross_split"] += 1
             findings.add("duplicate_cross_split", rels, f"identical pixels in splits {', '.join(sorted(by_split))}: "
-                         f"{listed}; expected splits to share no image")
+                         f"{listed}; expected splits to share no image (training leaves train copies of val/test "
+                         "images out under data.leakage=exclude_from_train, so "
+                         "validate.severity.duplicate_cross_split=warning lets a run go on)")
         labels = sorted({m.sample.label for m in members})
         if len(labels) > 1:
             summary["label_conflict"] += 1
