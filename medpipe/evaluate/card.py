@@ -112,6 +112,9 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
     source = {"given": "training split", "split": f"{split} split"}.get(base.get("majority_source"), "unknown")
     lines = [f"## Split `{split}` (n = {m['n']})", "",
              f"Baseline: always predict **{base['majority_class']}** (the majority class of the {source}).", ""]
+    if split == "val":  # training validates on val every epoch and keeps the best epoch by it
+        lines += ["This split chose the checkpoint (the best epoch by the monitored metric), so its figures lean "
+                  "optimistic; a `test` split reports without that choice.", ""]
     lines += _table(["metric", "model", "majority baseline"],
                     [[label, m.get(key), base.get(key)] for key, label in _AGGREGATES])
     ci = m.get("confidence_intervals") or {}

@@ -177,6 +177,7 @@ def test_evaluate_model_end_to_end(trained):
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
+    assert card.count("This split chose the checkpoint") == 1  # under val only, not under test
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
 
     # Same inputs, same place, same numbers.
