@@ -155,6 +155,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: list[float] | Literal["auto", "none"] = field(default_factory=lambda: [0.1, 3.0, 4.0])
     weighted_sampling: bool = True  # draw batches with probability inverse to class frequency
+    # Decide as if every class were equally likely, whatever balance sampling x class weights taught: the model's
+    # evaluated/exported logits get log(uniform / training prior) added (post-hoc logit adjustment, Menon et al.
+    # 2021). With weighted sampling alone that is 0; the original's weights on top of sampling would otherwise
+    # leave the first class at ~1 % and rarely predicted. Training itself is unchanged.
+    balanced_decision: bool = True
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = 256

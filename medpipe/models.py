@@ -16,7 +16,7 @@ from torch import nn
 
 from medpipe.config import Config
 
-__all__ = ["build_model", "check_pretrained_weights", "Normalize", "CustomCNN", "ResNet18Classifier",
+__all__ = ["build_model", "check_pretrained_weights", "load_model_state", "LogitOffset", "Normalize", "CustomCNN", "ResNet18Classifier",
            "unfreeze_for_epoch", "param_groups"]
 
 _logger = logging.getLogger(__name__)
@@ -36,6 +36,31 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class LogitOffset(nn.Module):
+    """Adds a fixed per-class offset to the logits in eval mode only (validation, evaluation, export).
+
+    Training must see the raw logits: with the offset in the loss, the network would simply learn it away.
+    Zeros (no change) unless training sets it; see `train.balanced_decision`.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.zeros(num_classes))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.training else logits + self.offset
+
+
+def load_model_state(model: nn.Module, state: dict) -> None:
+    """load_state_dict, accepting checkpoints written before the logit offset existed (they get zeros)."""
+    current = model.state_dict()
+    state = dict(state)
+    for key in current:
+        if key.endswith("logit_offset.offset") and key not in state:
+            state[key] = torch.zeros_like(current[key])
+    model.load_state_dict(state)
+
+
 class CustomCNN(nn.Module):
     """Four conv blocks (conv-BN-ReLU-maxpool), global average pooling, dropout and a two-layer head."""
 
@@ -53,9 +78,10 @@ class CustomCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_ch, 128), nn.ReLU(inplace=True),
                                   nn.Dropout(dropout / 2), nn.Linear(128, num_classes))
+        self.logit_offset = LogitOffset(num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(self.normalize(x))))
+        return self.logit_offset(self.head(self.pool(self.features(self.normalize(x)))))
 
 
 class ResNet18Classifier(nn.Module):
@@ -82,6 +108,7 @@ class ResNet18Classifier(nn.Module):
         net.fc = nn.Identity()
         self.backbone = net
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
+        self.logit_offset = LogitOffset(num_classes)
 
     def stage_modules(self, stage: str) -> list[nn.Module]:
         if stage == "stem":
@@ -89,7 +116,7 @@ class ResNet18Classifier(nn.Module):
         return [getattr(self.backbone, stage)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.normalize(x)))
+        return self.logit_offset(self.head(self.backbone(self.normalize(x))))
 
 
 def _load_resnet18_state(weights: str) -> dict:

@@ -11,6 +11,10 @@ Decaestecker, Neural Computation 2002):
 time, stored in the checkpoint, reported by evaluation and carried into the ONNX metadata for scoring. The
 arg-max decision keeps using p_t (balanced across classes, which is what balanced sampling was chosen for);
 the corrected values are for reading as probabilities.
+
+With `train.balanced_decision` the evaluated and exported logits also carry `balanced_logit_offset`, so the
+outputs are under equal priors whatever the sampling and loss weights were; the correction factors then start
+from that uniform prior.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["training_prior", "prior_correction_factors", "apply_prior_correction"]
+__all__ = ["training_prior", "balanced_logit_offset", "prior_correction_factors", "apply_prior_correction"]
 
 
 def training_prior(counts: Sequence[int], weighted_sampling: bool, loss_weights: Sequence[float] | None) -> np.ndarray:
@@ -37,6 +41,17 @@ def training_prior(counts: Sequence[int], weighted_sampling: bool, loss_weights:
     if prior.sum() <= 0:
         raise ValueError("every present class has loss weight 0: the model was trained on nothing")
     return prior / prior.sum()
+
+
+def balanced_logit_offset(prior: Sequence[float]) -> np.ndarray:
+    """log(uniform / prior) per class: added to the logits, it moves the model from deciding under the training
+    prior to deciding under equal priors, the Bayes rule for balanced accuracy (post-hoc logit adjustment, Menon
+    et al. 2021). 0 everywhere when the prior is already uniform; 0 for classes absent from training."""
+    prior = np.asarray(prior, dtype=np.float64)
+    present = prior > 0
+    offset = np.zeros_like(prior)
+    offset[present] = np.log(1.0 / present.sum()) - np.log(prior[present])
+    return offset
 
 
 def prior_correction_factors(counts: Sequence[int], prior: Sequence[float]) -> list[float]:

@@ -78,22 +78,47 @@ def _warn_if_lopsided(prior: np.ndarray, classes: list[str], cfg: Config) -> Non
     shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior))
     fix = ("train.class_weights=none (weighted sampling already balances every batch)" if cfg.train.weighted_sampling
            else "train.class_weights=auto or train.weighted_sampling=true")
-    _logger.warning("training learns under the class balance %s (weighted_sampling=%s x class_weights=%s): the "
-                    "rarest of these will seldom be predicted; for balanced training set %s", shown,
+    _logger.warning("training learns under the class balance %s (weighted_sampling=%s x class_weights=%s) and "
+                    "train.balanced_decision is off: the rarest of these will seldom be predicted; set "
+                    "train.balanced_decision=true (the default), or for balanced training %s", shown,
                     cfg.train.weighted_sampling, cfg.train.class_weights, fix)
 
 
+def effective_prior(labels: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
+    """The class prior training teaches: sampling share x loss weight (medpipe.priors.training_prior)."""
+    from medpipe.priors import training_prior
+
+    counts = np.bincount(labels, minlength=num_classes)
+    weights = class_weight_vector(cfg.train.class_weights, labels, num_classes)
+    return training_prior(counts, cfg.train.weighted_sampling, weights)
+
+
+def decision_offset(labels: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
+    """The logit offset of the evaluated/exported model: balanced decision, or none (train.balanced_decision)."""
+    from medpipe.priors import balanced_logit_offset
+
+    if not cfg.train.balanced_decision:
+        return np.zeros(num_classes)
+    return balanced_logit_offset(effective_prior(labels, num_classes, cfg))
+
+
 def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
-    """Train class counts, the prior training effectively used, and the correction back to the prevalence."""
-    from medpipe.priors import prior_correction_factors, training_prior
+    """Train class counts, the prior training effectively used, the prior the model's outputs are under (equal
+    priors with the balanced decision), and the correction from those outputs back to the prevalence."""
+    from medpipe.priors import prior_correction_factors
 
     labels = np.asarray(data.splits["train"].labels)[train_rows]
     counts = np.bincount(labels, minlength=len(data.classes))
-    weights = class_weight_vector(cfg.train.class_weights, labels, len(data.classes))
-    prior = training_prior(counts, cfg.train.weighted_sampling, weights)
-    _warn_if_lopsided(prior, data.classes, cfg)
+    prior = effective_prior(labels, len(data.classes), cfg)
+    if cfg.train.balanced_decision:
+        output_prior = (prior > 0) / (prior > 0).sum()
+    else:
+        output_prior = prior
+        _warn_if_lopsided(prior, data.classes, cfg)
     return {"train_class_counts": counts.tolist(), "training_prior": prior.tolist(),
-            "prior_correction": prior_correction_factors(counts, prior)}
+            "output_prior": output_prior.tolist(),
+            "logit_offset": decision_offset(labels, len(data.classes), cfg).tolist(),
+            "prior_correction": prior_correction_factors(counts, output_prior)}
 
 
 def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
@@ -111,7 +136,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     """
     import torch
 
-    from medpipe.models import build_model
+    from medpipe.models import build_model, load_model_state
 
     path = Path(path)
     if not path.is_file():
@@ -123,7 +148,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     tree = copy.deepcopy(meta["config"])
     tree["models"]["resnet18"]["weights"] = "none"  # the checkpoint holds the weights; never download them again
     model = build_model(meta["model_name"], config_from_dict(tree), len(meta["classes"]))
-    model.load_state_dict(state["model_state"])
+    load_model_state(model, state["model_state"])
     model.to(device).eval()
     return model, meta
 

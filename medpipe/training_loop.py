@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from medpipe.config import Config
 from medpipe.data.augment import augment_batch, mixup, weighted_indices
-from medpipe.models import build_model, param_groups, unfreeze_for_epoch
+from medpipe.models import build_model, load_model_state, param_groups, unfreeze_for_epoch
 
 __all__ = ["TrainingState", "run_epochs", "is_better"]
 
@@ -53,7 +53,7 @@ class TrainingState:
 
     @classmethod
     def create(cls, model_name: str, cfg: Config, data, train_rows: np.ndarray, device: str) -> "TrainingState":
-        from medpipe.train import class_weight_vector
+        from medpipe.train import class_weight_vector, decision_offset
 
         torch.manual_seed(cfg.train.seed)
         train = data.splits["train"]
@@ -64,6 +64,9 @@ class TrainingState:
         # Normalisation from the training pixels; saved in the state dict, so ONNX carries it too.
         model.normalize.mean.fill_(float(images.mean()))
         model.normalize.std.fill_(float(images.std()) or 1.0)
+        # Set before the EMA copy below, so the averaged model carries the same (constant) offset.
+        model.logit_offset.offset.copy_(torch.as_tensor(decision_offset(labels, num_classes, cfg),
+                                                        dtype=torch.float32))
         model.to(device)
         if device == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -108,7 +111,7 @@ class TrainingState:
 
     def restore(self, saved: dict) -> None:
         # "model_state" holds the evaluated (averaged) weights; training resumes from the raw ones.
-        self.model.load_state_dict(saved.get("raw_model_state") or saved["model_state"])
+        load_model_state(self.model, saved.get("raw_model_state") or saved["model_state"])
         if self.ema is not None and saved.get("ema_state"):
             self.ema.load_state_dict(saved["ema_state"])
         self.optimizer.load_state_dict(saved["optimizer"])

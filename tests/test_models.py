@@ -86,3 +86,26 @@ def test_run_checks_pretrained_weights_before_validating_or_training(tmp_path):
                                   f"models.resnet18.weights={tmp_path / 'missing.pth'}", "models.names=[custom_cnn]",
                                   "train.epochs=1"])
     assert run_pipeline(data, only_cnn, tmp_path / "run").is_file()
+
+
+@pytest.mark.parametrize("name", ["custom_cnn", "resnet18"])
+def test_logit_offset_applies_in_eval_only_and_old_states_load(name):
+    import torch
+
+    from medpipe.models import load_model_state
+
+    cfg = load_config(None, ["models.resnet18.weights=none"])
+    model = build_model(name, cfg, 3).eval()
+    x = torch.rand(2, 1, 32, 32) * 255
+    with torch.no_grad():
+        raw = model(x)
+        model.logit_offset.offset.copy_(torch.tensor([3.0, -0.5, -1.0]))
+        shifted = model(x)
+    torch.testing.assert_close(shifted - raw, torch.tensor([[3.0, -0.5, -1.0]] * 2))
+    assert torch.equal(model.logit_offset.train()(raw), raw)  # training sees the raw logits
+    # A state dict from before the offset existed loads, with a zero offset.
+    old_state = {k: v for k, v in model.state_dict().items() if not k.endswith("logit_offset.offset")}
+    fresh = build_model(name, cfg, 3)
+    fresh.logit_offset.offset.fill_(9.0)
+    load_model_state(fresh, old_state)
+    assert torch.equal(fresh.logit_offset.offset, torch.zeros(3))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medpipe.priors import apply_prior_correction, prior_correction_factors, training_prior
+from medpipe.priors import apply_prior_correction, balanced_logit_offset, prior_correction_factors, training_prior
 
 
 def _posterior(x: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_a_row_only_on_zero_factor_classes_is_kept():
     np.testing.assert_allclose(corrected[1], [2 / 3, 0.0, 1 / 3])
 
 
-def test_training_warns_when_its_settings_are_far_from_balanced(tmp_path, caplog):
+def test_balanced_decision_offsets_and_the_warning_without_it(tmp_path, caplog):
     from medpipe_testdata import write_dataset
 
     from medpipe.config import load_config
@@ -73,11 +73,31 @@ def test_training_warns_when_its_settings_are_far_from_balanced(tmp_path, caplog
     overrides = ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}"]
     data = load_cache(build_cache(root, load_config(None, overrides)))
     rows = np.arange(len(data.splits["train"].labels))
+    prior = np.array([0.1, 3, 4]) / 7.1  # the original's loss weights on top of weighted sampling
     with caplog.at_level("WARNING", logger="medpipe.train"):
-        facts = _prior_facts(load_config(None, overrides), data, rows)  # the original's 0.1/3/4 on top of sampling
-    np.testing.assert_allclose(facts["training_prior"], np.array([0.1, 3, 4]) / 7.1)
-    assert "normal 0.014" in caplog.text and "train.class_weights=none" in caplog.text
+        facts = _prior_facts(load_config(None, overrides), data, rows)  # balanced decision: the default
+    assert caplog.text == ""
+    np.testing.assert_allclose(facts["training_prior"], prior)
+    np.testing.assert_allclose(facts["logit_offset"], np.log(1 / 3) - np.log(prior))
+    np.testing.assert_allclose(facts["output_prior"], [1 / 3] * 3)
+    np.testing.assert_allclose(facts["prior_correction"], [1 / 3] * 3)  # balanced data: prevalence is uniform
+    with caplog.at_level("WARNING", logger="medpipe.train"):
+        facts = _prior_facts(load_config(None, overrides + ["train.balanced_decision=false"]), data, rows)
+    assert "normal 0.014" in caplog.text and "train.balanced_decision=true" in caplog.text
+    assert facts["logit_offset"] == [0.0, 0.0, 0.0]
+    np.testing.assert_allclose(facts["prior_correction"], (1 / 3 / prior) / (1 / 3 / prior).sum())
     caplog.clear()
-    with caplog.at_level("WARNING", logger="medpipe.train"):
+    with caplog.at_level("WARNING", logger="medpipe.train"):  # sampling alone: balanced already, offset 0
         facts = _prior_facts(load_config(None, overrides + ["train.class_weights=none"]), data, rows)
-    assert caplog.text == "" and facts["prior_correction"] == pytest.approx([1 / 3] * 3)
+    assert caplog.text == "" and facts["logit_offset"] == pytest.approx([0.0] * 3)
+
+
+def test_offset_decides_under_equal_priors():
+    """Exact posteriors under a lopsided training prior + the offset = exact posteriors under equal priors."""
+    prior = training_prior([880, 70, 50], True, [0.1, 3.0, 4.0])
+    x = np.linspace(-3, 6, 200)
+    trained = _posterior(x, prior)
+    adjusted = np.exp(np.log(trained) + balanced_logit_offset(prior))
+    adjusted /= adjusted.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(adjusted, _posterior(x, np.full(3, 1 / 3)), atol=1e-12)
+    assert balanced_logit_offset([0.5, 0.0, 0.5]).tolist() == [0.0, 0.0, 0.0]

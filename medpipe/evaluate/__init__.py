@@ -141,6 +141,7 @@ def _training_facts(meta: dict[str, Any], summary: dict[str, Any] | None) -> dic
         "preprocess_version": meta.get("preprocess_version"),
         # The class balance the model learned under (sampling share x loss weight); None for older checkpoints.
         "training_prior": meta.get("training_prior"),
+        "logit_offset": meta.get("logit_offset"),  # added to the logits in evaluation and export (balanced decision)
     }
 
 
@@ -169,6 +170,8 @@ def _prior_correction(meta: dict[str, Any], data: Any) -> tuple[list[float] | No
     counts = np.bincount(labels, minlength=len(data.classes))
     weights = class_weight_vector(train_cfg.get("class_weights", "none"), labels, len(data.classes))
     prior = training_prior(counts, bool(train_cfg.get("weighted_sampling", False)), weights)
+    if train_cfg.get("balanced_decision", False):  # absent from configs older than the balanced decision
+        prior = (prior > 0) / (prior > 0).sum()
     return prior_correction_factors(counts, prior), "derived from the checkpoint's config and the cached train split"
 
 

@@ -143,6 +143,13 @@ def _prior_text(prior: list[float] | None, classes: list[str]) -> str | None:
     return ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior))
 
 
+def _decision_text(offset: list[float] | None, classes: list[str]) -> str:
+    if not offset or not any(offset):
+        return "arg-max of the outputs"
+    shown = ", ".join(f"{c} {o:+.2f}" for c, o in zip(classes, offset))
+    return f"under equal class priors: logit offsets {shown} (train.balanced_decision)"
+
+
 def _config_section(config: dict[str, Any], training: dict[str, Any] | None, model_name: str) -> list[str]:
     data, train = config.get("data", {}), config.get("train", {})
     model_cfg = config.get("models", {}).get(model_name, {})
@@ -164,6 +171,7 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
         ["weighted sampling", train.get("weighted_sampling")],
         ["class balance learned (sampling x loss weight)", _prior_text(training.get("training_prior"),
                                                                         data.get("classes", []))],
+        ["decision", _decision_text(training.get("logit_offset"), data.get("classes", []))],
         ["label smoothing", train.get("label_smoothing")],
         ["augmentation", {True: "on", False: "off"}.get(config.get("augment", {}).get("enabled"))],
         ["leakage handling", data.get("leakage")],

@@ -116,14 +116,15 @@ def test_evaluate_model_end_to_end(trained):
     assert metrics["split_counts"]["train"] == {"normal": 3, "benign": 4, "cancer": 6}
     assert set(metrics["splits"]) == {"val", "test"}
     assert metrics["training"]["epochs_run"] == 2
-    # Default training (weighted sampling, loss weights 0.1/3/4) on counts 3/4/6: prior 0.1:3:4, factors
-    # prevalence / prior; the checkpoint recorded them and evaluation uses them as they are.
+    # Default training (weighted sampling, loss weights 0.1/3/4) on counts 3/4/6: prior 0.1:3:4; the balanced
+    # decision adds log(1/3 / prior) to the evaluated logits, so the outputs are under equal priors and the
+    # factors back to the prevalence are the prevalence itself. The checkpoint recorded them; evaluation uses them.
     _, meta = load_checkpoint(trained["checkpoint"])
     prevalence, prior = np.array([3, 4, 6]) / 13, np.array([0.1, 3, 4]) / 7.1
-    factors = (prevalence / prior) / (prevalence / prior).sum()
     assert meta["train_class_counts"] == [3, 4, 6]
     np.testing.assert_allclose(meta["training_prior"], prior)
-    np.testing.assert_allclose(meta["prior_correction"], factors)
+    np.testing.assert_allclose(meta["logit_offset"], np.log(1 / 3) - np.log(prior))
+    np.testing.assert_allclose(meta["prior_correction"], prevalence)
     assert metrics["prior_correction"]["factors"] == meta["prior_correction"]
     assert metrics["prior_correction"]["source"] == "checkpoint"
 
@@ -174,6 +175,7 @@ def test_evaluate_model_end_to_end(trained):
     assert f"Brier score {val['calibration']['brier']:.3f}" in card
     assert f"Brier score {val['calibration']['prior_corrected']['brier']:.3f}" in card and "risk_<class>" in card
     assert "| class balance learned (sampling x loss weight) | normal 0.014, benign 0.423, cancer 0.563 |" in card
+    assert "| decision | under equal class priors: logit offsets normal +3.16, benign -0.24, cancer -0.52" in card
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
     assert "not a medical device" in card
