@@ -155,10 +155,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: list[float] | Literal["auto", "none"] = field(default_factory=lambda: [0.1, 3.0, 4.0])
     weighted_sampling: bool = True  # draw batches with probability inverse to class frequency
-    # Decide as if every class were equally likely, whatever balance sampling x class weights taught: the model's
-    # evaluated/exported logits get log(uniform / training prior) added (post-hoc logit adjustment, Menon et al.
-    # 2021). With weighted sampling alone that is 0; the original's weights on top of sampling would otherwise
-    # leave the first class at ~1 % and rarely predicted. Training itself is unchanged.
+    # Decide under equal class priors whatever sampling x class weights taught: evaluated/exported logits get
+    # log(uniform / training prior) added (post-hoc logit adjustment, Menon et al. 2021); 0 with sampling alone.
     balanced_decision: bool = True
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -250,6 +248,14 @@ class ScoreConfig:
     decode_workers: int = 2  # threads decoding images while the previous batch runs
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = 0  # ONNX Runtime threads per operator on CPU; 0 = one per physical core
+    # Class prevalence the risk_<class> columns assume (data.classes order), e.g. a screening population's;
+    # None = the training set's. Rescaled to sum 1.
+    prevalence: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prevalence is not None and (min(self.prevalence, default=-1) < 0 or not sum(self.prevalence) > 0):
+            raise ValueError(f"score.prevalence must be non-negative numbers with a positive sum, one per class, "
+                             f"got {self.prevalence}")
 
 
 @dataclass(kw_only=True, config=_STRICT)

@@ -111,7 +111,7 @@ def model_metadata(model: "torch.nn.Module", meta: dict[str, Any], version: str,
                                          "checkpoint meta")
         metadata["prior_correction"] = metadata_as_json(factors)
         # What the risks assume (the training prevalence) and why the factors are what they are, for operators.
-        for key in ("training_prior", "train_class_counts"):
+        for key in ("training_prior", "output_prior", "train_class_counts"):
             if meta.get(key) is not None:
                 metadata[key] = metadata_as_json(np.asarray(meta[key]).tolist())
     return metadata

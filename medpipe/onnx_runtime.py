@@ -59,6 +59,7 @@ META_KEYS = {
                         "training set's prevalence: p * w / sum(p * w) (JSON list; medpipe.priors); optional",
     "training_prior": "class prior training effectively used, from sampling and loss weights (JSON list); optional",
     "train_class_counts": "training images per class, the prevalence the risks assume (JSON list); optional",
+    "output_prior": "class prior the outputs are under (uniform with the balanced decision; JSON list); optional",
 }
 _REQUIRED = ("classes", "input_size", "input_channels", "output")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import json
 import logging
 import tempfile
 import time
@@ -165,6 +166,35 @@ def _check_paths(input_dir: Path, output_csv: Path, resume: bool, overwrite: boo
                          "--overwrite to replace it")
 
 
+def _risk_factors(info: Any, prevalence: list[float] | None,
+                  model_ref: str | Path) -> tuple[list[float] | None, list[float] | str | None]:
+    """The factors behind the risk columns and the prevalence they assume ("training", or score.prevalence).
+
+    For a deployment prevalence pi_d the factors are pi_d / output prior (medpipe.priors); the output prior is
+    in the model metadata, or follows from the training counts and the training factors.
+    """
+    if prevalence is None or info.prior_correction is None:
+        if prevalence is not None:
+            raise ScoreError(f"score.prevalence is set but model {model_ref} records no prior correction (exported "
+                             "before medpipe recorded it): its outputs' prior is unknown; re-export it")
+        return info.prior_correction, None if info.prior_correction is None else "training"
+    if len(prevalence) != len(info.classes):
+        raise ScoreError(f"score.prevalence has {len(prevalence)} values; model {model_ref} has {len(info.classes)} "
+                         f"classes {info.classes}: give one per class, in that order")
+    meta = info.metadata
+    if "output_prior" in meta:
+        output_prior = np.asarray(json.loads(meta["output_prior"]), dtype=np.float64)
+    elif "train_class_counts" in meta:
+        counts = np.asarray(json.loads(meta["train_class_counts"]), dtype=np.float64)
+        train = np.asarray(info.prior_correction)
+        output_prior = np.divide(counts / counts.sum(), train, out=np.zeros_like(train), where=train > 0)
+    else:
+        raise ScoreError(f"score.prevalence: model {model_ref} records neither output_prior nor train_class_counts")
+    target = np.asarray(prevalence, dtype=np.float64) / sum(prevalence)
+    factors = np.divide(target, output_prior, out=np.zeros_like(target), where=output_prior > 0)
+    return (factors / factors.sum()).tolist(), target.tolist()
+
+
 def _header(classes: list[str], corrected: bool) -> list[str]:
     """The CSV columns; model_version stays last (`_read_existing` reads it there)."""
     risks = [f"risk_{c}" for c in classes] if corrected else []
@@ -226,7 +256,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
                          f"{info.preprocess_version}, this medpipe produces version {PREPROCESS_VERSION}: its "
                          "predictions would not match its evaluation; score with the medpipe release it came from")
     version = str(source.get("version") or info.version or "unversioned")
-    header = _header(info.classes, info.prior_correction is not None)
+    factors, risk_prevalence = _risk_factors(info, cfg.score.prevalence, model_ref_or_path)
+    header = _header(info.classes, factors is not None)
     rows = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
     kept = len(rows)
     done = {row[0] for row in rows}
@@ -236,8 +267,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes,
-                     info.prior_correction)
+        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes, factors)
     except BaseException:
         # Interrupted: keep what was scored (with the kept rows) so --resume continues, unless that would
         # replace an output the caller asked to overwrite only once scoring completes.
@@ -255,7 +285,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
                "files": n_files, "scored": scored, "kept": kept,
                "errors": len(errors), "seconds": round(seconds, 3),
                "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
-               "prior_correction": info.prior_correction}
+               "prior_correction": factors, "risk_prevalence": risk_prevalence}
     _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
                  len(errors), version, summary["provider"], seconds)
     return summary

@@ -41,7 +41,7 @@ def shipping_config(work: Path, *extra: str) -> Config:
     ])
 
 
-PRIOR_KEYS = ("prior_correction", "training_prior", "train_class_counts")
+PRIOR_KEYS = ("prior_correction", "training_prior", "output_prior", "train_class_counts")  # exported to ONNX
 
 
 def checkpoint_with_meta(checkpoint: Path, dest: Path, drop: tuple[str, ...] = (), **changes: object) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from medpipe.config import ConfigError
 from medpipe.data.cache import load_cache
 from medpipe.evaluate import predict_probs
 from medpipe.export import export_module, export_onnx, model_metadata
@@ -21,7 +22,7 @@ from medpipe.registry import IntegrityError, publish_version
 from medpipe.score import ScoreError, errors_path_for, score_folder
 from medpipe.store import LocalStore
 from medpipe.train import load_checkpoint
-from shipping_fixtures import PRIOR_KEYS, TrainedRun, checkpoint_with_meta, onnx_with_metadata
+from shipping_fixtures import PRIOR_KEYS, TrainedRun, checkpoint_with_meta, onnx_with_metadata, shipping_config
 from shipping_fixtures import trained_run  # noqa: F401
 
 _CLASSES = ("normal", "benign", "cancer")
@@ -259,3 +260,29 @@ def test_provider_choice():
             choose_providers("cuda")
     with pytest.raises(ValueError, match="Invalid provider 'tpu'"):
         choose_providers("tpu")
+
+
+def test_risks_at_a_deployment_prevalence(trained_run, model_dir, legacy_model, tmp_path):  # noqa: F811
+    """score.prevalence: risks for a population with another class balance (e.g. screening) than training's."""
+    meta = torch.load(trained_run.checkpoints["custom_cnn"], weights_only=False)["meta"]
+    screening = [0.95, 0.04, 0.01]
+    cfg = shipping_config(trained_run.work, f"score.prevalence={screening}")
+    folder = trained_run.data_root / "val"
+    summary = score_folder(model_dir / "model.onnx", folder, tmp_path / "screening.csv", cfg)
+    expected = np.array(screening) / np.array(meta["output_prior"])
+    np.testing.assert_allclose(summary["prior_correction"], expected / expected.sum())
+    assert summary["risk_prevalence"] == pytest.approx(screening)
+    rows = _read(tmp_path / "screening.csv")
+    _check_rows(rows, summary["prior_correction"])
+    assert np.mean([float(r["risk_normal"]) for r in rows]) > np.mean([float(r["prob_normal"]) for r in rows])
+    # Without it: the training prevalence, as recorded.
+    assert score_folder(model_dir / "model.onnx", folder, tmp_path / "train.csv", trained_run.cfg)[
+        "risk_prevalence"] == "training"
+    with pytest.raises(ScoreError, match=r"score.prevalence has 2 values; model .* has 3 classes"):
+        score_folder(model_dir / "model.onnx", folder, tmp_path / "bad.csv",
+                     shipping_config(trained_run.work, "score.prevalence=[0.5, 0.5]"))
+    with pytest.raises(ScoreError, match="records no prior correction"):
+        score_folder(legacy_model, folder, tmp_path / "legacy.csv", cfg)
+    assert not (tmp_path / "bad.csv").exists() and not (tmp_path / "legacy.csv").exists()
+    with pytest.raises(ConfigError, match="score.prevalence must be non-negative"):
+        shipping_config(trained_run.work, "score.prevalence=[0.5, -0.1, 0.6]")
