@@ -188,16 +188,12 @@ def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str
 def _challenger_probs(metrics_path: Path, split: str, arrays: Any, classes: list[str]) -> np.ndarray | None:
     """The challenger's probabilities on the cached split, from the predictions CSV its evaluation wrote beside
     metrics.json, in the cache's image order; None when that file is missing or covers other images."""
-    import csv
+    from medpipe.evaluate import read_predictions
 
-    path = Path(metrics_path).parent / f"predictions_{split}.csv"
-    if not path.is_file():
+    rows = read_predictions(metrics_path, split, classes)
+    if rows is None or set(rows) != set(arrays.rels):
         return None
-    with path.open(newline="") as handle:
-        rows = {row["rel"]: [float(row[f"prob_{c}"]) for c in classes] for row in csv.DictReader(handle)}
-    if set(rows) != set(arrays.rels):
-        return None
-    return np.array([rows[rel] for rel in arrays.rels])
+    return np.array([rows[rel][1] for rel in arrays.rels])
 
 
 def _paired_comparison(challenger: str, champion: dict[str, Any], challenger_probs: np.ndarray | None,

@@ -16,8 +16,8 @@ from torch import nn
 
 from medpipe.config import Config
 
-__all__ = ["build_model", "check_pretrained_weights", "load_model_state", "LogitOffset", "Normalize", "CustomCNN", "ResNet18Classifier",
-           "unfreeze_for_epoch", "param_groups"]
+__all__ = ["build_model", "check_pretrained_weights", "load_model_state", "LogitOffset", "Normalize", "CustomCNN",
+           "ResNet18Classifier", "unfreeze_for_epoch", "param_groups"]
 
 _logger = logging.getLogger(__name__)
 

@@ -48,30 +48,19 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
     return out_dir / "summary.json"
 
 
-def _read_predictions(metrics_path: Path, split: str) -> dict[str, tuple[str, list[float]]] | None:
-    """rel -> (true class, probabilities) from the predictions CSV evaluation wrote beside metrics.json."""
-    import csv
-
-    path = Path(metrics_path).parent / f"predictions_{split}.csv"
-    if not path.is_file():
-        return None
-    classes = json.loads(Path(metrics_path).read_text())["classes"]
-    with path.open(newline="") as handle:
-        return {row["rel"]: (row["true"], [float(row[f"prob_{c}"]) for c in classes]) for row in csv.DictReader(handle)}
-
-
 def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: str, runner_up: str,
                               patient_pattern: str | None, resamples: int) -> dict | None:
     """best minus runner-up on the same images (paired patient bootstrap); None without both predictions."""
     import numpy as np
 
     from medpipe.data.layout import patient_id
+    from medpipe.evaluate import read_predictions
     from medpipe.evaluate.uncertainty import paired_difference_intervals
 
-    a, b = (_read_predictions(metrics_paths[name], split) for name in (best, runner_up))
+    classes = json.loads(Path(metrics_paths[best]).read_text())["classes"]
+    a, b = (read_predictions(metrics_paths[name], split, classes) for name in (best, runner_up))
     if not a or not b or set(a) != set(b):
         return None
-    classes = json.loads(Path(metrics_paths[best]).read_text())["classes"]
     rels = sorted(a)
     labels = np.array([classes.index(a[rel][0]) for rel in rels])
     patients = [(patient_pattern and patient_id(Path(rel).name, patient_pattern)) or Path(rel).stem for rel in rels]

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["training_prior", "balanced_logit_offset", "prior_correction_factors", "apply_prior_correction"]
+__all__ = ["training_prior", "balanced_logit_offset", "prior_correction_factors", "apply_prior_correction",
+           "prior_facts"]
 
 
 def training_prior(counts: Sequence[int], weighted_sampling: bool, loss_weights: Sequence[float] | None) -> np.ndarray:
@@ -73,3 +74,18 @@ def apply_prior_correction(probs: np.ndarray, factors: Sequence[float]) -> np.nd
     total = weighted.sum(axis=1, keepdims=True)
     # A row whose probability mass sits only on classes with factor 0 cannot be corrected: keep it as it was.
     return np.divide(weighted, total, out=probs.copy(), where=total > 0)
+
+
+def prior_facts(counts: Sequence[int], weighted_sampling: bool, loss_weights: Sequence[float] | None,
+                balanced_decision: bool) -> dict[str, list]:
+    """Everything training records about class priors (checkpoint meta keys): train class counts, the prior
+    training teaches, the prior the model's outputs are under (equal priors with the balanced decision), the
+    logit offset that gets them there, and the correction factors from those outputs to the prevalence."""
+    prior = training_prior(counts, weighted_sampling, loss_weights)
+    if balanced_decision:
+        output_prior, offset = (prior > 0) / (prior > 0).sum(), balanced_logit_offset(prior)
+    else:
+        output_prior, offset = prior, np.zeros_like(prior)
+    return {"train_class_counts": np.asarray(counts).tolist(), "training_prior": prior.tolist(),
+            "output_prior": output_prior.tolist(), "logit_offset": offset.tolist(),
+            "prior_correction": prior_correction_factors(counts, output_prior)}

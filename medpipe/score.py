@@ -170,8 +170,8 @@ def _risk_factors(info: Any, prevalence: list[float] | None,
                   model_ref: str | Path) -> tuple[list[float] | None, list[float] | str | None]:
     """The factors behind the risk columns and the prevalence they assume ("training", or score.prevalence).
 
-    For a deployment prevalence pi_d the factors are pi_d / output prior (medpipe.priors); the output prior is
-    in the model metadata, or follows from the training counts and the training factors.
+    For a deployment prevalence pi_d the factors are pi_d / the outputs' prior (medpipe.priors), which the model
+    metadata records as output_prior.
     """
     if prevalence is None or info.prior_correction is None:
         if prevalence is not None:
@@ -181,15 +181,9 @@ def _risk_factors(info: Any, prevalence: list[float] | None,
     if len(prevalence) != len(info.classes):
         raise ScoreError(f"score.prevalence has {len(prevalence)} values; model {model_ref} has {len(info.classes)} "
                          f"classes {info.classes}: give one per class, in that order")
-    meta = info.metadata
-    if "output_prior" in meta:
-        output_prior = np.asarray(json.loads(meta["output_prior"]), dtype=np.float64)
-    elif "train_class_counts" in meta:
-        counts = np.asarray(json.loads(meta["train_class_counts"]), dtype=np.float64)
-        train = np.asarray(info.prior_correction)
-        output_prior = np.divide(counts / counts.sum(), train, out=np.zeros_like(train), where=train > 0)
-    else:
-        raise ScoreError(f"score.prevalence: model {model_ref} records neither output_prior nor train_class_counts")
+    if "output_prior" not in info.metadata:
+        raise ScoreError(f"score.prevalence: model {model_ref} does not record output_prior; re-export it")
+    output_prior = np.asarray(json.loads(info.metadata["output_prior"]), dtype=np.float64)
     target = np.asarray(prevalence, dtype=np.float64) / sum(prevalence)
     factors = np.divide(target, output_prior, out=np.zeros_like(target), where=output_prior > 0)
     return (factors / factors.sum()).tolist(), target.tolist()

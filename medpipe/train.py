@@ -84,41 +84,27 @@ def _warn_if_lopsided(prior: np.ndarray, classes: list[str], cfg: Config) -> Non
                     cfg.train.weighted_sampling, cfg.train.class_weights, fix)
 
 
-def effective_prior(labels: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
-    """The class prior training teaches: sampling share x loss weight (medpipe.priors.training_prior)."""
-    from medpipe.priors import training_prior
+def _class_prior_facts(labels: np.ndarray, num_classes: int, cfg: Config) -> dict[str, list]:
+    """medpipe.priors.prior_facts for these training labels and the config's sampling, weights and decision."""
+    from medpipe.priors import prior_facts
 
-    counts = np.bincount(labels, minlength=num_classes)
     weights = class_weight_vector(cfg.train.class_weights, labels, num_classes)
-    return training_prior(counts, cfg.train.weighted_sampling, weights)
+    return prior_facts(np.bincount(labels, minlength=num_classes), cfg.train.weighted_sampling, weights,
+                       cfg.train.balanced_decision)
 
 
 def decision_offset(labels: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
     """The logit offset of the evaluated/exported model: balanced decision, or none (train.balanced_decision)."""
-    from medpipe.priors import balanced_logit_offset
-
-    if not cfg.train.balanced_decision:
-        return np.zeros(num_classes)
-    return balanced_logit_offset(effective_prior(labels, num_classes, cfg))
+    return np.asarray(_class_prior_facts(labels, num_classes, cfg)["logit_offset"])
 
 
 def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
-    """Train class counts, the prior training effectively used, the prior the model's outputs are under (equal
-    priors with the balanced decision), and the correction from those outputs back to the prevalence."""
-    from medpipe.priors import prior_correction_factors
-
-    labels = np.asarray(data.splits["train"].labels)[train_rows]
-    counts = np.bincount(labels, minlength=len(data.classes))
-    prior = effective_prior(labels, len(data.classes), cfg)
-    if cfg.train.balanced_decision:
-        output_prior = (prior > 0) / (prior > 0).sum()
-    else:
-        output_prior = prior
-        _warn_if_lopsided(prior, data.classes, cfg)
-    return {"train_class_counts": counts.tolist(), "training_prior": prior.tolist(),
-            "output_prior": output_prior.tolist(),
-            "logit_offset": decision_offset(labels, len(data.classes), cfg).tolist(),
-            "prior_correction": prior_correction_factors(counts, output_prior)}
+    """The checkpoint's prior facts (medpipe.priors.prior_facts) for the train rows training uses; warns when,
+    without the balanced decision, the settings teach a lopsided balance."""
+    facts = _class_prior_facts(np.asarray(data.splits["train"].labels)[train_rows], len(data.classes), cfg)
+    if not cfg.train.balanced_decision:
+        _warn_if_lopsided(np.asarray(facts["training_prior"]), data.classes, cfg)
+    return facts
 
 
 def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:

@@ -42,22 +42,22 @@ def model_dir(trained_run: TrainedRun) -> Path:  # noqa: F811
     return out
 
 
+def _export_variant(run: TrainedRun, name: str, **meta_changes) -> Path:
+    """custom_cnn exported as version v1 from a copy of its checkpoint with `meta_changes` applied."""
+    checkpoint = checkpoint_with_meta(run.checkpoints["custom_cnn"], run.work / name / "best.pt", **meta_changes)
+    return export_onnx(checkpoint, run.cache_dir, run.cfg, run.work / name / "model.onnx", version="v1")
+
+
 @pytest.fixture(scope="module")
 def skewed_model(trained_run: TrainedRun) -> Path:  # noqa: F811
     """custom_cnn exported from its checkpoint with the factors of an imbalanced training set."""
-    checkpoint = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], trained_run.work / "skewed" / "best.pt",
-                                      prior_correction=_SKEWED)
-    return export_onnx(checkpoint, trained_run.cache_dir, trained_run.cfg, trained_run.work / "skewed" / "model.onnx",
-                       version="v1")
+    return _export_variant(trained_run, "skewed", prior_correction=_SKEWED)
 
 
 @pytest.fixture(scope="module")
 def legacy_model(trained_run: TrainedRun) -> Path:  # noqa: F811
     """custom_cnn exported, as the same version v1, from a checkpoint written before training recorded priors."""
-    checkpoint = checkpoint_with_meta(trained_run.checkpoints["custom_cnn"], trained_run.work / "legacy" / "best.pt",
-                                      drop=PRIOR_KEYS)
-    return export_onnx(checkpoint, trained_run.cache_dir, trained_run.cfg, trained_run.work / "legacy" / "model.onnx",
-                       version="v1")
+    return _export_variant(trained_run, "legacy", drop=PRIOR_KEYS)
 
 
 def _read(path: Path) -> list[dict[str, str]]:

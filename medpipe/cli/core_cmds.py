@@ -103,8 +103,9 @@ def register(subparsers, add_common) -> None:
                     "files matching data.exclude (segmentation masks) are left out.")
     p.add_argument("root", help="source dataset root")
     p.add_argument("--out", required=True, help="new, empty folder for the split dataset")
-    p.add_argument("--fraction", type=float, default=0.2, help="share of train patients moved to val; for a flat source, the share of patients in "
-                   "each of val and test (default 0.2)")
+    p.add_argument("--fraction", type=float, default=0.2,
+                   help="share of train patients moved to val; for a flat source, the share of patients in each "
+                        "of val and test (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient assignment (default 0)")
     add_common(p)
     p.set_defaults(func=_cmd_split)

@@ -123,12 +123,17 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
 def is_flat(root: str | Path, classes: list[str], aliases: dict[str, str]) -> bool:
     """True when ROOT has no train/ or val/ folder but holds class folders directly (ROOT/{class}/*)."""
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not root.is_dir() or _folder_names(root) & set(REQUIRED_SPLITS):
         return False
-    names = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    if any(split in names for split in REQUIRED_SPLITS):
-        return False
-    return any(_class_for_folder(name, classes, aliases) for name in names)
+    return _has_class_folders(root, classes, aliases)
+
+
+def _folder_names(root: Path) -> set[str]:
+    return {p.name.lower() for p in root.iterdir() if p.is_dir()}
+
+
+def _has_class_folders(root: Path, classes: list[str], aliases: dict[str, str]) -> bool:
+    return any(_class_for_folder(name, classes, aliases) for name in _folder_names(root))
 
 
 def discover_flat(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str,
@@ -146,7 +151,7 @@ def discover_flat(root: str | Path, classes: list[str], aliases: dict[str, str],
 
 def _flat_hint(root: Path, classes: list[str], aliases: dict[str, str]) -> str:
     """When ROOT holds class folders directly (a flat dataset), say how to make the splits."""
-    if not any(p.is_dir() and _class_for_folder(p.name, classes, aliases) for p in root.iterdir()):
+    if not _has_class_folders(root, classes, aliases):
         return ""
     return (f"; {root} holds class folders directly: run `medpipe split {root} --out NEW_FOLDER` to write "
             "patient-grouped train/val/test splits")

@@ -29,6 +29,7 @@ from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 
 __all__ = [
     "evaluate_model",
+    "read_predictions",
     "predict_probs",
     "compute_metrics",
     "flatten_metrics",
@@ -75,6 +76,17 @@ def _write_predictions(path: Path, rels: list[str], labels: np.ndarray, probs: n
     for rel, label, pred, row in zip(rels, labels, predicted, probs):
         writer.writerow([rel, classes[int(label)], classes[int(pred)], *(f"{p:.6f}" for p in row)])
     return atomic_write_text(path, buffer.getvalue())
+
+
+def read_predictions(metrics_path: str | Path, split: str,
+                     classes: list[str]) -> dict[str, tuple[str, list[float]]] | None:
+    """rel -> (true class, probabilities in `classes` order) from the predictions_<split>.csv that evaluation
+    wrote beside `metrics_path`; None when there is none."""
+    path = Path(metrics_path).parent / f"predictions_{split}.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        return {row["rel"]: (row["true"], [float(row[f"prob_{c}"]) for c in classes]) for row in csv.DictReader(handle)}
 
 
 def _split_plots(split: str, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, Any],
@@ -163,16 +175,14 @@ def _prior_correction(meta: dict[str, Any], data: Any) -> tuple[list[float] | No
     train = data.splits.get("train")
     if not train_cfg or train is None or not len(train.labels):
         return None, None
-    from medpipe.priors import prior_correction_factors, training_prior
+    from medpipe.priors import prior_facts
     from medpipe.train import class_weight_vector
 
     labels = np.asarray(train.labels)
-    counts = np.bincount(labels, minlength=len(data.classes))
     weights = class_weight_vector(train_cfg.get("class_weights", "none"), labels, len(data.classes))
-    prior = training_prior(counts, bool(train_cfg.get("weighted_sampling", False)), weights)
-    if train_cfg.get("balanced_decision", False):  # absent from configs older than the balanced decision
-        prior = (prior > 0) / (prior > 0).sum()
-    return prior_correction_factors(counts, prior), "derived from the checkpoint's config and the cached train split"
+    facts = prior_facts(np.bincount(labels, minlength=len(data.classes)), bool(train_cfg.get("weighted_sampling")),
+                        weights, bool(train_cfg.get("balanced_decision")))  # absent from configs older than it
+    return facts["prior_correction"], "derived from the checkpoint's config and the cached train split"
 
 
 def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path, baseline_class: int | None,

@@ -8,6 +8,7 @@ CC and MLO views of one breast move together, as they do between splits.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -71,14 +72,10 @@ def bootstrap_intervals(y_true: np.ndarray, probs: np.ndarray, groups: list[str]
                               "resamples": int(resamples), "kept": 0, "groups": n_groups}
     if resamples <= 0 or n_groups < 2:
         return {**result, **{name: None for name in CI_METRICS}}
-    rng = np.random.default_rng(seed)
-    # Each resample draws n_groups patients with replacement; an image weighs as often as its patient was drawn.
-    # Chunks keep the (resamples, images) weight matrix to ~40 MB whatever the split size.
-    chunk = max(1, 5_000_000 // y_true.size)
     macro, balanced = [], []
-    for start in range(0, resamples, chunk):
-        counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=min(chunk, resamples - start))
-        m, b = _resample_metrics(y_true, probs, counts[:, patient].astype(float))
+    # Chunks keep the (resamples, images) weight matrix to ~40 MB whatever the split size.
+    for weights in _resample_weights(patient, resamples, seed, 5_000_000):
+        m, b = _resample_metrics(y_true, probs, weights)
         macro.append(m)
         balanced.append(b)
     macro_all, balanced_all = np.concatenate(macro), np.concatenate(balanced)
@@ -119,11 +116,7 @@ def paired_difference_intervals(y_true: np.ndarray, probs_a: np.ndarray, probs_b
         return {**result, **{name: None for name in CI_METRICS}}
     differences: dict[str, list[np.ndarray]] = {name: [] for name in CI_METRICS}
     if resamples > 0 and n_groups >= 2:
-        rng = np.random.default_rng(seed)
-        chunk = max(1, 2_500_000 // y_true.size)
-        for start in range(0, resamples, chunk):
-            counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=min(chunk, resamples - start))
-            weights = counts[:, patient].astype(float)
+        for weights in _resample_weights(patient, resamples, seed, 2_500_000):  # two models: half the chunk
             (macro_a, bal_a), (macro_b, bal_b) = (_resample_metrics(y_true, p, weights) for p in (probs_a, probs_b))
             differences["macro_auc"].append(macro_a - macro_b)
             differences["balanced_accuracy"].append(bal_a - bal_b)
@@ -137,6 +130,20 @@ def paired_difference_intervals(y_true: np.ndarray, probs_a: np.ndarray, probs_b
         interval = [float(v) for v in np.percentile(values, [tail, 100 - tail])] if enough else None
         result[name] = {"difference": point, "interval": interval} if np.isfinite(point) else None
     return result
+
+
+def _resample_weights(patient: np.ndarray, resamples: int, seed: int, budget: int) -> Iterator[np.ndarray]:
+    """Bootstrap resamples over patients as (rows, images) weight chunks of about `budget` numbers each.
+
+    Each resample draws as many patients as there are, with replacement; an image weighs as often as its
+    patient (`patient`: index per image) was drawn. Same seed, same resamples, whatever the chunking.
+    """
+    n_groups = int(patient.max()) + 1
+    rng = np.random.default_rng(seed)
+    chunk = max(1, budget // patient.size)
+    for start in range(0, resamples, chunk):
+        counts = rng.multinomial(n_groups, np.full(n_groups, 1 / n_groups), size=min(chunk, resamples - start))
+        yield counts[:, patient].astype(float)
 
 
 def _resample_metrics(y_true: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
