@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "is_cuda"]
 
 
 def resolve_device(device: str) -> str:
@@ -29,3 +29,8 @@ def resolve_device(device: str) -> str:
                              "use 'cpu' or 'auto' (e.g. train.device=auto)")
         return device
     raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def is_cuda(device: str) -> bool:
+    """True for "cuda" and "cuda:N": the device strings that get bf16 autocast and channels_last."""
+    return device == "cuda" or device.startswith("cuda:")

@@ -20,12 +20,14 @@ class PipelineError(RuntimeError):
 
 
 def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
-                     patient_pattern: str | None = None, resamples: int = 1000) -> Path:
+                     patient_pattern: str | None = None, resamples: int = 1000,
+                     data_root: str | Path | None = None) -> Path:
     """Write summary.json / summary.md: each model's metrics on `split` beside the majority-class baseline.
 
     With two or more models, the best (by macro AUC) is compared with the runner-up on the same images by a
     paired patient bootstrap (`patient_pattern` = data.patient_id_pattern; file stems when None), which is
     what says whether the split separates them; the separate intervals overlap far more often than that.
+    `data_root` is recorded, so that `medpipe gate` / `export` on this run need no --data.
     """
     rows, baseline = {}, None
     for name, path in metrics_paths.items():
@@ -42,7 +44,8 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
     paired = (_paired_best_vs_runner_up(metrics_paths, split, ranked[0], ranked[1], patient_pattern, resamples)
               if len(ranked) >= 2 and resamples > 0 else None)
     summary = {"split": split, "models": rows, "baseline": baseline, "best_by_macro_auc": ranked[0] if ranked else None,
-               "best_vs_runner_up": paired, "metrics_files": {n: str(p) for n, p in metrics_paths.items()}}
+               "best_vs_runner_up": paired, "metrics_files": {n: str(p) for n, p in metrics_paths.items()},
+               "data_root": str(Path(data_root).resolve()) if data_root is not None else None}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out_dir / "summary.md", render_summary_markdown(summary))
     return out_dir / "summary.json"
@@ -150,4 +153,4 @@ def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume
             train_model(cache_dir, name, cfg, model_dir, resume=resume and (model_dir / "last.pt").exists())
         metrics_paths[name] = evaluate_model(model_dir / "best.pt", cache_dir, cfg, model_dir / "eval")
     return summarize_models(metrics_paths, cfg.evaluate.select_split, out_dir, cfg.data.patient_id_pattern,
-                            cfg.evaluate.bootstrap_resamples)
+                            cfg.evaluate.bootstrap_resamples, data_root=data_root)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from medpipe.config import Config
 from medpipe.data.augment import augment_batch, mixup, weighted_indices
+from medpipe.device import is_cuda
 from medpipe.models import build_model, load_model_state, param_groups, unfreeze_for_epoch
 
 __all__ = ["TrainingState", "run_epochs", "is_better"]
@@ -68,7 +69,7 @@ class TrainingState:
         model.logit_offset.offset.copy_(torch.as_tensor(decision_offset(labels, num_classes, cfg),
                                                         dtype=torch.float32))
         model.to(device)
-        if device == "cuda":
+        if is_cuda(device):
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
@@ -139,9 +140,9 @@ def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes
         x = augment_batch(state.x_train[idx].float(), cfg.augment, state.generator)
         y = F.one_hot(state.y_train[idx], num_classes).float()
         x, y = mixup(x, y, cfg.augment.mixup_alpha if cfg.augment.enabled else 0.0, state.generator, state.rng)
-        if device == "cuda":
+        if is_cuda(device):
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=is_cuda(device)):
             logits = state.model(x)
         loss = F.cross_entropy(logits.float(), y, weight=state.loss_weights, label_smoothing=cfg.train.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)

@@ -45,15 +45,16 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
     assert f"macro_auc: {paired['macro_auc']['difference']:+.3f} (paired 95 % interval {low:+.3f} to {high:+.3f})" \
         in summary_md
 
-    # gate: the run's own config.yaml is used (32 px cache); first run against an empty store.
-    assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local), *loose]) == 0
+    # gate: the run's own config.yaml (32 px cache) and recorded dataset are used; first run, empty store.
+    assert summary["data_root"] == str(data.resolve())
+    assert main(["gate", "--run", str(run), "--store", str(local), *loose]) == 0
     gate = json.loads((run / "gate.json").read_text())
     assert gate["passed"] is True and gate["first_run"] is True and gate["champion"] is None
     challenger = gate["challenger"]
     assert "first run" in capsys.readouterr().out
 
     out = tmp_path / "version"
-    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(out), "--version", "v1"]) == 0
+    assert main(["export", "--run", str(run), "--out", str(out), "--version", "v1"]) == 0
     assert {"model.onnx", "parity.json", "metrics.json", "model_card.md", "gate.json", "config.yaml"} <= {
         p.name for p in out.iterdir()}
     assert list((out / "plots").glob("*.png"))
@@ -101,3 +102,6 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
     assert "GATED" in capsys.readouterr().out
     assert main(["export", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "v2")]) == 1
     assert "did not pass the gate" in capsys.readouterr().err
+    data.rename(tmp_path / "moved")  # the recorded dataset is gone: say so, and how to go on
+    assert main(["gate", "--run", str(run), "--store", str(local), *loose]) == 1
+    assert "no longer exists; pass --data with its new location" in capsys.readouterr().err

@@ -30,6 +30,22 @@ def _run_config(args: argparse.Namespace):
     return cfg
 
 
+def _run_data_root(args: argparse.Namespace, run_dir: Path) -> Path:
+    """--data, or the dataset root the run recorded in summary.json (the cache is keyed by its content, and the
+    gate refuses a dataset whose manifest differs from the run's, so a changed folder cannot slip through)."""
+    if args.data:
+        return Path(args.data)
+    summary_path = run_dir / "summary.json"
+    recorded = json.loads(summary_path.read_text()).get("data_root") if summary_path.is_file() else None
+    if not recorded:
+        raise ValueError(f"{summary_path} does not record the run's dataset (a run folder from an older medpipe, "
+                         "or not a `medpipe run` folder); pass --data with the dataset root the run used")
+    if not Path(recorded).is_dir():
+        raise FileNotFoundError(f"the dataset this run used, {recorded} (from {summary_path}), no longer exists; "
+                                "pass --data with its new location")
+    return Path(recorded)
+
+
 def _metrics_paths(run_dir: Path, names: list[str]) -> dict[str, Path]:
     paths = {name: run_dir / "models" / name / "eval" / "metrics.json" for name in names}
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -46,7 +62,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     run_dir = Path(args.run)
     paths = _metrics_paths(run_dir, list(cfg.models.names))
-    cache_dir = build_cache(args.data, cfg)
+    cache_dir = build_cache(_run_data_root(args, run_dir), cfg)
     decision = gate_models(paths, cfg, run_dir / GATE_NAME, store=open_store(cfg.store), cache_dir=cache_dir)
     champion = decision["champion"]
     print(f"challenger: {decision['challenger']} ({decision['primary_metric']} "
@@ -88,7 +104,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if target.exists() and not args.overwrite:
         raise RuntimeError(f"{target} already exists; choose another --out or pass --overwrite")
     checkpoint = run_dir / "models" / name / "best.pt"
-    cache_dir = build_cache(args.data, cfg)
+    cache_dir = build_cache(_run_data_root(args, run_dir), cfg)
     # Side files first and model.onnx last: a folder holding model.onnx is a finished export.
     stage_release_files(run_dir / "models" / name / "eval", out, run_dir / "gate.json", run_dir / "config.yaml")
     export_onnx(checkpoint, cache_dir, cfg, target, out / "metrics.json", version)
@@ -126,7 +142,7 @@ def register(subparsers: Any, add_common: Any) -> None:
         description="Absolute thresholds, the majority baseline and the champion re-scored on the same split. "
                     "Exit 0: passed; 3: gated (gate.json lists the reasons); 1: error.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
-    p.add_argument("--data", required=True, help="the dataset root of that run (its cache is reused)")
+    p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); its cache is reused")
     p.add_argument("--store", metavar="URI", help="model store holding the champion (default: store.uri)")
     add_common(p)
     p.set_defaults(func=_cmd_gate)
@@ -136,7 +152,8 @@ def register(subparsers: Any, add_common: Any) -> None:
         description="Writes OUT/model.onnx, parity.json and copies metrics.json, model_card.md, plots/, gate.json "
                     "and config.yaml from the run.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
-    p.add_argument("--data", required=True, help="the dataset root of that run (parity uses its val images)")
+    p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); parity uses its "
+                   "val images")
     p.add_argument("--out", required=True, help="version folder to write")
     p.add_argument("--model", choices=["custom_cnn", "resnet18"], help="default: the challenger in gate.json")
     p.add_argument("--version", help="version recorded in the model (default: UTC timestamp)")

@@ -102,6 +102,10 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def format_validation_summary(report: ValidationReport) -> str:
     """A few lines for the CLI: status, counts, which checks fired, where the report is."""
     s = report.stats
@@ -116,6 +120,9 @@ def format_validation_summary(report: ValidationReport) -> str:
             fired[f.check] = fired.get(f.check, 0) + 1
         if fired:
             lines.append(f"  {label}: " + ", ".join(f"{c} {n}" for c, n in sorted(fired.items())))
+        if label == "errors":  # the first message of each failed check, so the console says what to fix
+            first = {f.check: f.message for f in reversed(findings)}
+            lines += [f"    {check}: {_clip(message)}" for check, message in sorted(first.items())]
     for pair, o in s["patients"]["overlap"].items():
         lines.append(f"  patients shared by {pair.replace('/', ' and ')}: {o['patients']}")
     lines.append(f"  report: {report.md_path} (and {report.json_path.name})")

@@ -18,7 +18,7 @@ from medpipe.cli import main
 from medpipe.config import ConfigError, load_config
 from medpipe.data.cache import build_cache, load_cache
 from medpipe.data.split import make_dev_split
-from medpipe.data.validate import validate_dataset
+from medpipe.data.validate import format_validation_summary, validate_dataset
 from medpipe.score import list_input_files
 
 FOLDERS = ("normal", "benign", "malignant")  # BUSI's names; "malignant" is an alias of cancer
@@ -54,6 +54,9 @@ def test_validate_flat_dataset_says_how_to_split_it(tmp_path: Path) -> None:
     missing = [f for f in report.errors if f.check == "missing_split"]
     assert not report.ok and len(missing) == 2
     assert all("holds class folders directly" in f.message and "medpipe split" in f.message for f in missing)
+    # The console says it too, not only the report: the first message of each failed check.
+    printed = format_validation_summary(report)
+    assert "missing_split: required split folder train/ is missing" in printed and "medpipe split" in printed
 
 
 def test_flat_dataset_splits_three_ways_by_patient_without_masks(tmp_path: Path, capsys) -> None:
