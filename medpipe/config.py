@@ -76,6 +76,8 @@ class DataConfig:
     # Patient id = first group of this regex on the file name. Default fits DDSM/CBIS-DDSM names:
     # A_0003_1.LEFT_CC.jpg -> A_0003_1, P_00001_LEFT_CC.jpg -> P_00001 (the part before the laterality).
     patient_id_pattern: str = r"^(.+?)[._-](?:LEFT|RIGHT)(?:[._-]|$)"
+    # "auto": a DICOM file's PatientID element when it has one, else the pattern; "file_name": the pattern only.
+    patient_id_source: Literal["auto", "file_name"] = "auto"
     # What training does with train images whose patient also appears in val/test, or whose decoded pixels equal
     # a val/test image's: keep them (report only) or drop them, so that validation is disjoint and honest.
     leakage: Literal["report", "exclude_from_train"] = "exclude_from_train"

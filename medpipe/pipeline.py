@@ -57,7 +57,7 @@ def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: 
     import numpy as np
 
     from medpipe.data.layout import patient_id
-    from medpipe.evaluate import read_predictions
+    from medpipe.evaluate import read_prediction_patients, read_predictions
     from medpipe.evaluate.uncertainty import paired_difference_intervals
 
     classes = json.loads(Path(metrics_paths[best]).read_text())["classes"]
@@ -66,7 +66,9 @@ def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: 
         return None
     rels = sorted(a)
     labels = np.array([classes.index(a[rel][0]) for rel in rels])
-    patients = [(patient_pattern and patient_id(Path(rel).name, patient_pattern)) or Path(rel).stem for rel in rels]
+    recorded = read_prediction_patients(metrics_paths[best], split) or {}
+    patients = [recorded.get(rel) or (patient_pattern and patient_id(Path(rel).name, patient_pattern))
+                or Path(rel).stem for rel in rels]
     result = paired_difference_intervals(labels, np.array([a[rel][1] for rel in rels]),
                                          np.array([b[rel][1] for rel in rels]), patients, resamples=resamples)
     return {"best": best, "runner_up": runner_up, **result}

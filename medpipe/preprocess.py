@@ -1,6 +1,6 @@
 """The one image preprocessing function used by caching, evaluation and scoring.
 
-Every image, whatever its format (JPEG/PNG/TIFF/BMP, 8- or 16-bit or float, grayscale/RGB/RGBA/palette), becomes a
+Every image, whatever its format (JPEG/PNG/TIFF/BMP/DICOM, 8- or 16-bit or float, grayscale/RGB/RGBA/palette), becomes a
 single-channel uint8 array of size x size. Training, evaluation and ONNX scoring all go through `load_image`, so a
 model sees exactly the same pixels in production as in its evaluation.
 """
@@ -12,11 +12,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "IMAGE_EXTENSIONS", "decode_image", "resize_image", "load_image", "PREPROCESS_VERSION"]
+from medpipe.dicom import DICOM_EXTENSIONS, decode_dicom, dicom_mode, is_dicom_path
+
+__all__ = ["ImageError", "IMAGE_EXTENSIONS", "is_supported_image", "stored_mode", "decode_image", "resize_image",
+           "load_image", "PREPROCESS_VERSION"]
 
 # JPEG and PNG, plus TIFF (8/16-bit and float, as mammography and microscopy exports often are) and BMP (some
-# ultrasound machines export it): all decoded by PIL into the same conversion below.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+# ultrasound machines export it): all decoded by PIL into the same conversion below. DICOM (.dcm, .dicom, or
+# no extension with the DICOM marker, as PACS exports come) goes through medpipe.dicom.
+_PIL_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = _PIL_EXTENSIONS | DICOM_EXTENSIONS
 # Bumped whenever the pixels produced here change: it is part of the cache key and of exported model metadata.
 PREPROCESS_VERSION = "1"
 
@@ -29,6 +34,20 @@ class ImageError(ValueError):
         self.path = str(path)
         self.reason = reason
         self.kind = kind  # a validation check name: "unreadable" or "too_large"
+
+
+def is_supported_image(path: str | Path) -> bool:
+    """Whether `path` is a file type we decode: a known extension, or no extension and the DICOM marker."""
+    path = Path(path)
+    return path.suffix.lower() in _PIL_EXTENSIONS or is_dicom_path(path)
+
+
+def stored_mode(path: str | Path) -> str:
+    """The pixel format as stored, before conversion (PIL's mode, or e.g. "DICOM MONOCHROME1 12-bit")."""
+    if is_dicom_path(Path(path)):
+        return dicom_mode(path)
+    with Image.open(path) as img:  # header only
+        return img.mode
 
 
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
@@ -73,6 +92,8 @@ def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
         raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from None
     if size == 0:
         raise ImageError(path, "file is empty (0 bytes)")
+    if is_dicom_path(path):
+        return decode_dicom(path, max_pixels, ImageError)
     # No warnings.catch_warnings() here: it swaps process-global state and this function runs in threads
     # (validation, scoring). Image.open reads only the header, so the size check below refuses a bomb before
     # any pixel is decoded; PIL's own DecompressionBombError (above 2 x Image.MAX_IMAGE_PIXELS) is caught too.
@@ -93,7 +114,7 @@ def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(path, "not a recognised image format (expected JPEG, PNG, TIFF or BMP)") from None
+        raise ImageError(path, "not a recognised image format (expected JPEG, PNG, TIFF, BMP or DICOM)") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(path, f"refused as a decompression bomb: {exc}", kind="too_large") from None
     except (OSError, SyntaxError, ValueError) as exc:

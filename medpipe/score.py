@@ -33,7 +33,7 @@ from tqdm import tqdm
 from medpipe.config import Config
 from medpipe.fileio import atomic_output, sha256_file
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
-from medpipe.preprocess import IMAGE_EXTENSIONS, PREPROCESS_VERSION, ImageError, load_image
+from medpipe.preprocess import IMAGE_EXTENSIONS, PREPROCESS_VERSION, ImageError, is_supported_image, load_image
 from medpipe.priors import apply_prior_correction
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
@@ -71,9 +71,9 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = ()) -> tuple[list
             errors.append((rel, "a link leading outside the input folder; refused"))
         elif not path.is_file():
             errors.append((rel, "not a regular file (broken link, socket or device)"))
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+        elif not is_supported_image(path):
             errors.append((rel, f"unsupported file type {path.suffix or '(no extension)'!r}; "
-                                f"expected one of {sorted(IMAGE_EXTENSIONS)}"))
+                                f"expected one of {sorted(IMAGE_EXTENSIONS)} or a DICOM file"))
         else:
             images.append((rel, path))
     return images, errors

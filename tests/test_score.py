@@ -286,3 +286,27 @@ def test_risks_at_a_deployment_prevalence(trained_run, model_dir, legacy_model, 
     assert not (tmp_path / "bad.csv").exists() and not (tmp_path / "legacy.csv").exists()
     with pytest.raises(ConfigError, match="score.prevalence must be non-negative"):
         shipping_config(trained_run.work, "score.prevalence=[0.5, -0.1, 0.6]")
+
+
+def test_dicom_copies_score_like_their_png_originals(trained_run, model_dir, tmp_path):  # noqa: F811
+    """A folder as a PACS export gives it: DICOM files with and without extension, scored through the same
+    preprocessing; an 8-bit DICOM holding a PNG's pixels must get that PNG's probabilities."""
+    from PIL import Image
+    from test_dicom import write_dicom
+
+    originals = sorted((trained_run.data_root / "val").rglob("*.png"))[:4]
+    folder = tmp_path / "pacs"
+    for index, png in enumerate(originals):
+        pixels = np.asarray(Image.open(png).convert("L"))
+        write_dicom(folder / (f"IM{index:04d}" if index % 2 else f"IM{index:04d}.dcm"), pixels)
+        shutil.copyfile(png, folder / f"ref{index}.png")
+    (folder / "IM_broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    out = tmp_path / "pacs.csv"
+    summary = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+    rows = {r["path"]: r for r in _read(out)}
+    assert summary["scored"] == 8 and summary["errors"] == 1
+    for index in range(len(originals)):
+        dicom = rows[f"IM{index:04d}" if index % 2 else f"IM{index:04d}.dcm"]
+        assert [dicom[c] for c in _PROBS] == [rows[f"ref{index}.png"][c] for c in _PROBS]
+    errors = {e["path"]: e["reason"] for e in _read(errors_path_for(out))}
+    assert "DICOM object without an image" in errors["IM_broken.dcm"]  # a marker and nothing else

@@ -61,7 +61,7 @@ def dataset_manifest(root: str | Path, cfg: Config) -> tuple[dict, list[Sample]]
         (manifest dict with "manifest_hash", the samples in manifest order)
     """
     layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern,
-                      exclude=cfg.data.exclude)
+                      exclude=cfg.data.exclude, patient_source=cfg.data.patient_id_source)
     with ThreadPoolExecutor(max_workers=4) as pool:
         hashes = list(pool.map(lambda s: sha256_file(s.path), layout.samples))
     files = [{"rel": s.rel, "split": s.split, "label": s.label, "patient": s.patient, "sha256": h}
@@ -109,7 +109,8 @@ def build_cache(root: str | Path, cfg: Config, cache_dir: str | Path | None = No
         _logger.info("reusing cache %s", target)
         return target
     if not samples:
-        raise ValueError(f"no images found under {root}: expected ROOT/{{train,val,test}}/{{{','.join(cfg.data.classes)}}}/*")
+        raise ValueError(f"no images found under {root}: "
+                         f"expected ROOT/{{train,val,test}}/{{{','.join(cfg.data.classes)}}}/*")
     parent.mkdir(parents=True, exist_ok=True)
     images, ok, skipped = _decode_all(samples, size, cfg.data.max_pixels)
     for item in skipped:

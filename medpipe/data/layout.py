@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medpipe.preprocess import IMAGE_EXTENSIONS
+from medpipe.dicom import dicom_patient_id, is_dicom_path
+from medpipe.preprocess import IMAGE_EXTENSIONS, is_supported_image
 
 __all__ = ["SPLITS", "REQUIRED_SPLITS", "FLAT_SPLIT", "Sample", "LayoutProblem", "DatasetLayout", "discover",
            "discover_flat", "is_flat", "patient_id", "resolve_inside"]
@@ -30,6 +31,7 @@ class Sample:
     label: str  # canonical class name
     label_index: int
     patient: str
+    patient_source: str = "file_name"  # "dicom" (PatientID), "file_name" (the pattern) or "file_stem" (fallback)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _class_for_folder(name: str, classes: list[str], aliases: dict[str, str]) ->
 
 
 def discover(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str,
-             exclude: Sequence[str] = ()) -> DatasetLayout:
+             exclude: Sequence[str] = (), patient_source: str = "auto") -> DatasetLayout:
     """List every image under ROOT/{split}/{class}/ (recursively), in a stable sorted order.
 
     Files whose name matches one of the `exclude` globs (case-insensitive) are not samples; their relative
@@ -116,7 +118,7 @@ def discover(root: str | Path, classes: list[str], aliases: dict[str, str], pati
         if _resolve_or_report(layout, split_dir, split_dir.name) is None:
             continue
         layout.splits.append(split)
-        _discover_split(layout, split, split_dir, aliases, patient_pattern)
+        _discover_split(layout, split, split_dir, aliases, patient_pattern, patient_source)
     return layout
 
 
@@ -137,7 +139,7 @@ def _has_class_folders(root: Path, classes: list[str], aliases: dict[str, str]) 
 
 
 def discover_flat(root: str | Path, classes: list[str], aliases: dict[str, str], patient_pattern: str,
-                  exclude: Sequence[str] = ()) -> DatasetLayout:
+                  exclude: Sequence[str] = (), patient_source: str = "auto") -> DatasetLayout:
     """Like `discover`, for a dataset not yet split: ROOT/{class}/*; every sample gets split FLAT_SPLIT."""
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -145,7 +147,7 @@ def discover_flat(root: str | Path, classes: list[str], aliases: dict[str, str],
     root = root.resolve()
     layout = DatasetLayout(root=root, classes=list(classes), exclude=tuple(p.lower() for p in exclude),
                            splits=[FLAT_SPLIT])
-    _discover_split(layout, FLAT_SPLIT, root, aliases, patient_pattern)
+    _discover_split(layout, FLAT_SPLIT, root, aliases, patient_pattern, patient_source)
     return layout
 
 
@@ -171,7 +173,7 @@ def _resolve_or_report(layout: DatasetLayout, path: Path, rel: str) -> Path | No
 
 
 def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases: dict[str, str],
-                    patient_pattern: str) -> None:
+                    patient_pattern: str, patient_source: str) -> None:
     counts = {c: 0 for c in layout.classes}
     prefix = "" if split == FLAT_SPLIT else f"{split}/"  # a flat dataset's class folders sit in the root
     for class_dir in sorted(split_dir.iterdir()):
@@ -186,7 +188,7 @@ def _discover_split(layout: DatasetLayout, split: str, split_dir: Path, aliases:
         if resolved_dir is None:
             continue
         for file_path in _walk_files(layout, class_dir, resolved_dir):
-            sample = _make_sample(layout, file_path, split, label, patient_pattern)
+            sample = _make_sample(layout, file_path, split, label, patient_pattern, patient_source)
             if sample is not None:
                 layout.samples.append(sample)
                 counts[label] += 1
@@ -224,7 +226,19 @@ def _walk_files(layout: DatasetLayout, top: Path, resolved_top: Path) -> list[Pa
     return files
 
 
-def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str, patient_pattern: str) -> Sample | None:
+def _patient_of(file_path: Path, pattern: str, source: str) -> tuple[str, str]:
+    """(patient id, where it came from): a DICOM file's PatientID (source "auto"), else the file-name pattern,
+    else the file stem (one image = one patient: the only safe assumption without an id)."""
+    if source == "auto" and is_dicom_path(file_path):
+        from_header = dicom_patient_id(file_path)
+        if from_header:
+            return from_header, "dicom"
+    from_name = patient_id(file_path.name, pattern)
+    return (from_name, "file_name") if from_name else (Path(file_path.name).stem, "file_stem")
+
+
+def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str, patient_pattern: str,
+                 patient_source: str = "auto") -> Sample | None:
     rel = file_path.relative_to(layout.root).as_posix()
     if any(fnmatch.fnmatchcase(file_path.name.lower(), pattern) for pattern in layout.exclude):
         layout.excluded.append(rel)
@@ -232,11 +246,11 @@ def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str,
     resolved = _resolve_or_report(layout, file_path, rel)
     if resolved is None:
         return None
-    if file_path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if not is_supported_image(file_path):
         layout.problems.append(LayoutProblem("not_an_image", rel, f"{rel}: extension {file_path.suffix!r} "
-                                             f"is not one of {sorted(IMAGE_EXTENSIONS)}; ignored"))
+                                             f"is not one of {sorted(IMAGE_EXTENSIONS)} (nor a DICOM file without "
+                                             "extension); ignored"))
         return None
-    name = file_path.name
-    patient = patient_id(name, patient_pattern) or Path(name).stem
+    patient, source = _patient_of(file_path, patient_pattern, patient_source)
     return Sample(path=resolved, rel=rel, split=split, label=label, label_index=layout.classes.index(label),
-                  patient=patient)
+                  patient=patient, patient_source=source)

@@ -118,9 +118,11 @@ def make_dev_split(source: str | Path, out: str | Path, cfg: Config, fraction: f
         raise ValueError(f"output folder {out} already exists and is not empty; nothing was written "
                          f"(choose a new folder: a split is never merged into an existing one)")
     if flat:
-        layout = discover_flat(source, dc.classes, dc.label_aliases, dc.patient_id_pattern, exclude=dc.exclude)
+        layout = discover_flat(source, dc.classes, dc.label_aliases, dc.patient_id_pattern, exclude=dc.exclude,
+                               patient_source=dc.patient_id_source)
     else:
-        layout = discover(source, dc.classes, dc.label_aliases, dc.patient_id_pattern, exclude=dc.exclude)
+        layout = discover(source, dc.classes, dc.label_aliases, dc.patient_id_pattern, exclude=dc.exclude,
+                          patient_source=dc.patient_id_source)
     fatal = [p for p in layout.problems if p.check in ("missing_split", "outside_root")]
     if fatal:
         raise ValueError("; ".join(p.message for p in fatal))

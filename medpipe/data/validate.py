@@ -24,10 +24,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from medpipe.config import VALIDATION_CHECKS, Config
-from medpipe.data.layout import DatasetLayout, Sample, discover, patient_id
+from medpipe.data.layout import DatasetLayout, Sample, discover
 from medpipe.data.validate_report import format_validation_summary, write_report
 from medpipe.fileio import sha256_file
-from medpipe.preprocess import ImageError, decode_image
+from medpipe.preprocess import ImageError, decode_image, stored_mode
 
 __all__ = ["Finding", "ValidationReport", "validate_dataset", "format_validation_summary"]
 
@@ -123,7 +123,7 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
     started = time.perf_counter()
     out_dir = Path(out_dir).expanduser()
     layout = discover(root, cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern,
-                      exclude=cfg.data.exclude)
+                      exclude=cfg.data.exclude, patient_source=cfg.data.patient_id_source)
     if out_dir.resolve() == layout.root or layout.root in out_dir.resolve().parents:
         raise ValueError(f"output folder {out_dir} is inside the data root {layout.root}; expected a folder outside "
                          "it, so that validation never adds files to the dataset")
@@ -141,7 +141,7 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
     duplicates = _check_exact_duplicates(good, findings)
     near = _check_near_duplicates(good, cfg.validate.near_duplicate_distance,
                                   cfg.validate.near_duplicate_confirm_distance, findings)
-    patients = _check_patients(layout, findings, cfg.data.patient_id_pattern)
+    patients = _check_patients(layout, findings)
     n_mask_like = _check_mask_like(good, findings)
     finished = time.perf_counter()
     stats = {
@@ -177,8 +177,7 @@ def _inspect(sample: Sample, max_pixels: int) -> _Record:
     try:
         rec.file_sha256 = sha256_file(sample.path)
         pixels = decode_image(sample.path, max_pixels)
-        with Image.open(sample.path) as img:  # header only: the mode as stored, before our grayscale conversion
-            rec.mode = img.mode
+        rec.mode = stored_mode(sample.path)  # as stored, before our grayscale conversion
     except ImageError as exc:
         rec.error = exc
         return rec
@@ -345,13 +344,14 @@ def _check_near_duplicates(good: list[_Record], candidate_distance: int, confirm
     return {"near_duplicate_candidates": n_candidates, "near_duplicate_pairs": len(confirmed)}
 
 
-def _check_patients(layout: DatasetLayout, findings: _Findings, pattern: str) -> dict[str, Any]:
-    """Patients per split, file names that did not match the pattern, and patients shared by two splits."""
+def _check_patients(layout: DatasetLayout, findings: _Findings) -> dict[str, Any]:
+    """Patients per split, where their ids came from (DICOM PatientID, the file-name pattern, or neither), and
+    patients shared by two splits."""
     images: dict[str, Counter[str]] = {s: Counter() for s in layout.splits}
     unmatched: Counter[str] = Counter()
     for s in layout.samples:
         images[s.split][s.patient] += 1
-        if patient_id(Path(s.rel).name, pattern) is None:
+        if s.patient_source == "file_stem":  # neither a DICOM PatientID nor a match of the pattern
             unmatched[s.split] += 1
     overlap: dict[str, Any] = {}
     for a, b in itertools.combinations(layout.splits, 2):
@@ -370,7 +370,8 @@ def _check_patients(layout: DatasetLayout, findings: _Findings, pattern: str) ->
         findings.add("patient_leakage", paths, f"{who} images in both {a} and {b}: {shown}{more} (e.g. "
                      f"{example[0]} and {example[1]}); expected each patient in one split only")
     return {"per_split": {s: len(images[s]) for s in layout.splits},
-            "unmatched_pattern": {s: unmatched[s] for s in layout.splits}, "overlap": overlap}
+            "unmatched_pattern": {s: unmatched[s] for s in layout.splits}, "overlap": overlap,
+            "id_sources": dict(Counter(s.patient_source for s in layout.samples))}
 
 
 def _image_stats(splits: list[str], good: list[_Record]) -> dict[str, Any]:

@@ -50,6 +50,11 @@ def _patients_section(r: dict[str, Any]) -> list[str]:
                      f"{o['images'][b]} {b} images)")
     if not p["overlap"]:
         lines.append("- no patient appears in two splits")
+    sources = p.get("id_sources") or {}
+    if sources.get("dicom"):
+        lines.append(f"- patient ids of {sources['dicom']} images from the DICOM PatientID element, "
+                     f"{sources.get('file_name', 0)} from file names (data.patient_id_pattern), "
+                     f"{sources.get('file_stem', 0)} from neither (one image = one patient)")
     return lines + [""]
 
 

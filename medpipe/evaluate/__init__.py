@@ -30,6 +30,7 @@ from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 __all__ = [
     "evaluate_model",
     "read_predictions",
+    "read_prediction_patients",
     "predict_probs",
     "compute_metrics",
     "flatten_metrics",
@@ -67,15 +68,26 @@ def _check_compatible(meta: dict[str, Any], data: Any, checkpoint: Path, cache_d
                      checkpoint, meta.get("manifest_hash"), data.manifest_hash)
 
 
-def _write_predictions(path: Path, rels: list[str], labels: np.ndarray, probs: np.ndarray,
+def _write_predictions(path: Path, rels: list[str], patients: list[str], labels: np.ndarray, probs: np.ndarray,
                        classes: list[str]) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["rel", "true", "predicted", *(f"prob_{c}" for c in classes)])
+    writer.writerow(["rel", "patient", "true", "predicted", *(f"prob_{c}" for c in classes)])
     predicted = probs.argmax(axis=1)
-    for rel, label, pred, row in zip(rels, labels, predicted, probs):
-        writer.writerow([rel, classes[int(label)], classes[int(pred)], *(f"{p:.6f}" for p in row)])
+    for rel, patient, label, pred, row in zip(rels, patients, labels, predicted, probs):
+        writer.writerow([rel, patient, classes[int(label)], classes[int(pred)], *(f"{p:.6f}" for p in row)])
     return atomic_write_text(path, buffer.getvalue())
+
+
+def read_prediction_patients(metrics_path: str | Path, split: str) -> dict[str, str] | None:
+    """rel -> patient id from predictions_<split>.csv (the ids the evaluation's bootstrap grouped by, DICOM
+    PatientIDs included); None when there is no such file or it predates the patient column."""
+    path = Path(metrics_path).parent / f"predictions_{split}.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {row["rel"]: row["patient"] for row in rows} if rows and "patient" in rows[0] else None
 
 
 def read_predictions(metrics_path: str | Path, split: str,
@@ -201,7 +213,8 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         results[split]["calibration"] = calibration_metrics(labels, probs, classes, prior_correction=prior_correction)
         results[split]["confidence_intervals"] = bootstrap_intervals(
             labels, probs, list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
-        _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), labels, probs, classes)
+        _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), list(arrays.patients), labels, probs,
+                           classes)
         plots.update(_split_plots(split, labels, probs, results[split], classes, out / "plots"))
         _logger.info("%s: macro AUC %s, balanced accuracy %.3f (baseline %.3f)", split,
                      results[split]["macro_auc"], results[split]["balanced_accuracy"],

@@ -152,6 +152,8 @@ def test_evaluate_model_end_to_end(trained):
         for row in rows:
             # The label comes from the folder the file sits in: <split>/<class>/<file>.
             assert row["rel"].split("/")[:2] == [split, row["true"]]
+            # The patient the bootstrap grouped by: the file-name pattern's id (P_00001_LEFT_CC.png -> P_00001).
+            assert row["patient"] and Path(row["rel"]).name.startswith(row["patient"] + "_")
             assert (trained["root"] / row["rel"]).is_file()
             p = [float(row[f"prob_{c}"]) for c in CLASSES]
             assert row["predicted"] == CLASSES[int(np.argmax(p))] and sum(p) == pytest.approx(1, abs=1e-4)
