@@ -17,7 +17,7 @@ SIZE=${SIZE:-224}
 STEPS=${STEPS:-60}
 RUN_SECONDS=${RUN_SECONDS:-300}
 mkdir -p "$OUT"
-if ! python -c "import pydantic, imagehash, yaml, tqdm, pydicom" 2>/dev/null; then
+if ! python -c "import pydantic, imagehash, yaml, tqdm, pydicom, captum" 2>/dev/null; then
   python -m pip install --quiet --no-index --no-deps --target /tmp/medpipe-site .whl/*.whl
   export PYTHONPATH="/tmp/medpipe-site:${PYTHONPATH:-}"
 fi

@@ -209,8 +209,14 @@ class EvaluateConfig:
     # Patient-level bootstrap: 95 % intervals of macro AUC and balanced accuracy in metrics.json, the model card and
     # the summary (medpipe/evaluate/uncertainty.py). 0 = off.
     bootstrap_resamples: int = 1000
+    # Grad-CAM grid per split (plots/<split>_gradcam.png, in the model card): for each true class this many most
+    # confident right calls and as many worst misses, with where the model found its evidence. 0 = off.
+    explain_per_class: int = 2
 
     def __post_init__(self) -> None:
+        if not 0 <= self.explain_per_class <= 8:
+            raise ValueError(f"evaluate.explain_per_class must be in 0..8 (0 = no Grad-CAM plot), "
+                             f"got {self.explain_per_class}")
         if self.bootstrap_resamples < 0:
             raise ValueError(f"evaluate.bootstrap_resamples must be >= 0 (0 = no intervals), "
                              f"got {self.bootstrap_resamples}")

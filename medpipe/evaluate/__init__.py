@@ -21,6 +21,7 @@ from medpipe.config import Config, config_to_dict
 from medpipe.evaluate.calibration import calibration_metrics
 from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
+from medpipe.evaluate.explain import plot_grad_cam
 from medpipe.evaluate.uncertainty import bootstrap_intervals
 from medpipe.evaluate.plots import (plot_confusion_matrix, plot_history, plot_pr_curves, plot_reliability,
                                     plot_roc_curves)
@@ -216,6 +217,11 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), list(arrays.patients), labels, probs,
                            classes)
         plots.update(_split_plots(split, labels, probs, results[split], classes, out / "plots"))
+        if cfg.evaluate.explain_per_class:
+            gradcam = plot_grad_cam(model, arrays.images, labels, probs, classes,
+                                    out / "plots" / f"{split}_gradcam.png", cfg.evaluate.explain_per_class)
+            if gradcam is not None:
+                plots[f"{split}_gradcam"] = gradcam
         _logger.info("%s: macro AUC %s, balanced accuracy %.3f (baseline %.3f)", split,
                      results[split]["macro_auc"], results[split]["balanced_accuracy"],
                      results[split]["baseline"]["balanced_accuracy"])

@@ -29,6 +29,7 @@ _PLOT_TITLES = {
     "roc": "ROC curves",
     "pr": "Precision-recall curves",
     "reliability": "Reliability diagram",
+    "gradcam": "Grad-CAM: where the evidence was (right calls, then misses)",
 }
 
 _INTENDED_USE = """\
