@@ -86,6 +86,9 @@ class DataConfig:
     # (BUSI: "benign (1).png" + "benign (1)_mask.png", "_mask_1.png"); a mask gives its class away.
     exclude: list[str] = field(default_factory=lambda: ["*_mask.*", "*_mask_*.*"])
     cache_dir: str = "~/.cache/medpipe"  # decoded uint8 arrays, keyed by the dataset manifest hash
+    # Mammography: black out everything outside the largest bright region (the breast): film labels, markers,
+    # scanner borders. On mammo-ddsm they carry class signal (README, "shortcuts"); off keeps every pixel.
+    largest_region_only: bool = False
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):

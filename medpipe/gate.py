@@ -170,11 +170,14 @@ def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str
         onnx_path, info = resolve_model(store, "champion", Path(tmp))
         session = create_session(onnx_path, provider)
         model_info = read_model_info(session, info.get("uri", onnx_path))
-        if model_info.classes != list(classes) or model_info.input_size != data.image_size:
+        champion_pixels = str(model_info.preprocess_version or "1")
+        if (model_info.classes != list(classes) or model_info.input_size != data.image_size
+                or champion_pixels != data.preprocessing):
             raise GateError(
                 f"champion {info['model_name']}/{info['version']} predicts {model_info.classes} at "
-                f"{model_info.input_size} px but the current split holds {classes} at {data.image_size} px: the two "
-                "cannot be compared on the same images; publish the first model of the new setup by hand")
+                f"{model_info.input_size} px (preprocessing {champion_pixels!r}) but the current split holds "
+                f"{classes} at {data.image_size} px (preprocessing {data.preprocessing!r}): the two cannot be "
+                "compared on the same images; publish the first model of the new setup by hand")
         probs = predict_onnx(session, arrays.images, batch_size)
         ran_on = active_provider(session)
     train = data.splits.get("train")

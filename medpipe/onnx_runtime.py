@@ -52,7 +52,7 @@ META_KEYS = {
     "model_name": "custom_cnn | resnet18",
     "version": "the model version",
     "manifest_hash": "hash of the training data manifest",
-    "preprocess_version": "medpipe.preprocess.PREPROCESS_VERSION the model was trained with",
+    "preprocess_version": "medpipe.preprocess.preprocess_id the model was trained with (version + options)",
     "metrics": "validation metrics summary (JSON)",
     # Optional: absent in models exported from checkpoints written before training recorded its priors.
     "prior_correction": "factors per class, in class order, that turn the output probabilities into risks at the "

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medpipe.dicom import DICOM_EXTENSIONS, decode_dicom, dicom_mode, is_dicom_path
 
 __all__ = ["ImageError", "IMAGE_EXTENSIONS", "is_supported_image", "stored_mode", "decode_image", "resize_image",
-           "load_image", "PREPROCESS_VERSION"]
+           "load_image", "largest_region_mask", "preprocess_id", "preprocess_options", "PREPROCESS_VERSION"]
 
 # JPEG and PNG, plus TIFF (8/16-bit and float, as mammography and microscopy exports often are) and BMP (some
 # ultrasound machines export it): all decoded by PIL into the same conversion below. DICOM (.dcm, .dicom, or
@@ -24,6 +24,8 @@ _PIL_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 IMAGE_EXTENSIONS = _PIL_EXTENSIONS | DICOM_EXTENSIONS
 # Bumped whenever the pixels produced here change: it is part of the cache key and of exported model metadata.
 PREPROCESS_VERSION = "1"
+# Options change the pixels too, so they travel with the version: "1" plain, "1+largest_region" with the option.
+_LARGEST_REGION = "largest_region"
 
 
 class ImageError(ValueError):
@@ -122,6 +124,54 @@ def decode_image(path: str | Path, max_pixels: int) -> np.ndarray:
         raise ImageError(path, f"cannot decode image (truncated or corrupt): {exc}") from None
 
 
+def preprocess_id(largest_region_only: bool = False) -> str:
+    """The preprocessing identity recorded in caches, checkpoints and ONNX metadata (PREPROCESS_VERSION +
+    options): scoring re-creates exactly the pixels a model was trained and evaluated on from it."""
+    return PREPROCESS_VERSION + (f"+{_LARGEST_REGION}" if largest_region_only else "")
+
+
+def preprocess_options(identity: str | None) -> dict[str, bool]:
+    """The keyword arguments of `load_image` that `identity` (from `preprocess_id`) stands for.
+
+    Raises:
+        ValueError: another version, or an option this medpipe does not know.
+    """
+    version, *options = (identity or PREPROCESS_VERSION).split("+")
+    unknown = [o for o in options if o != _LARGEST_REGION]
+    if version != PREPROCESS_VERSION or unknown:
+        raise ValueError(f"preprocessing {identity!r} is not one this medpipe produces (version "
+                         f"{PREPROCESS_VERSION}, options: {_LARGEST_REGION})")
+    return {"largest_region_only": _LARGEST_REGION in options}
+
+
+def _otsu_threshold(arr: np.ndarray) -> int:
+    """Otsu's threshold of a uint8 image (the grey level that best separates two classes of pixels)."""
+    hist = np.bincount(arr.ravel(), minlength=256).astype(np.float64)
+    p = hist / max(hist.sum(), 1.0)
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    between = (mu[-1] * w0 - mu) ** 2 / np.maximum(w0 * (1.0 - w0), 1e-12)
+    return int(np.argmax(between))
+
+
+def largest_region_mask(arr: np.ndarray) -> np.ndarray:
+    """The largest bright connected region of a (H, W) uint8 image, holes filled, grown by 2 pixels.
+
+    On a mammogram that region is the breast; film labels, orientation markers and most scanner borders are
+    separate bright islands and fall outside. The threshold (half of Otsu's, at least 8) sits low so the faint
+    skin line stays in. An image with no bright pixel keeps everything.
+    """
+    from scipy import ndimage
+
+    foreground = arr > max(_otsu_threshold(arr) // 2, 8)
+    labels, count = ndimage.label(foreground)
+    if count == 0:
+        return np.ones(arr.shape, dtype=bool)
+    sizes = ndimage.sum_labels(foreground, labels, index=np.arange(1, count + 1))
+    region = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    return ndimage.binary_dilation(region, iterations=2)
+
+
 def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize a (H, W) uint8 array to (size, size) with antialiased bilinear filtering."""
     if arr.shape == (size, size):
@@ -130,10 +180,18 @@ def resize_image(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_image(path: str | Path, size: int, max_pixels: int = 64_000_000) -> np.ndarray:
+def load_image(path: str | Path, size: int, max_pixels: int = 64_000_000,
+               largest_region_only: bool = False) -> np.ndarray:
     """Decode and resize one image: the preprocessing shared by training cache, evaluation and scoring.
+
+    Args:
+        largest_region_only: black out everything outside `largest_region_mask` (at native size, before the
+            resize): `data.largest_region_only`.
 
     Returns:
         (size, size) uint8 array.
     """
-    return resize_image(decode_image(path, max_pixels), size)
+    arr = decode_image(path, max_pixels)
+    if largest_region_only:
+        arr = np.where(largest_region_mask(arr), arr, 0).astype(np.uint8)
+    return resize_image(arr, size)

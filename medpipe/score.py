@@ -33,7 +33,7 @@ from tqdm import tqdm
 from medpipe.config import Config
 from medpipe.fileio import atomic_output, sha256_file
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
-from medpipe.preprocess import IMAGE_EXTENSIONS, PREPROCESS_VERSION, ImageError, is_supported_image, load_image
+from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
 from medpipe.priors import apply_prior_correction
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
@@ -111,13 +111,13 @@ def _read_existing(output_csv: Path, header: list[str], version: str) -> list[li
     return rows
 
 
-def _decode_batches(files: list[tuple[str, Path]], size: int, max_pixels: int, batch_size: int,
-                    workers: int) -> Iterator[list[tuple[str, np.ndarray | ImageError]]]:
+def _decode_batches(files: list[tuple[str, Path]], size: int, max_pixels: int, batch_size: int, workers: int,
+                    preprocessing: dict[str, bool]) -> Iterator[list[tuple[str, np.ndarray | ImageError]]]:
     """Yield batches of (rel, image or ImageError) in file order while the pool keeps decoding ahead."""
 
     def _load(path: Path) -> np.ndarray | ImageError:
         try:
-            return load_image(path, size, max_pixels)
+            return load_image(path, size, max_pixels, **preprocessing)
         except ImageError as exc:
             return exc
 
@@ -197,13 +197,15 @@ def _header(classes: list[str], corrected: bool) -> list[str]:
 
 def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size: int, version: str,
                  rows: list[list[str]], errors: list[tuple[str, str]], classes: list[str],
-                 factors: list[float] | None) -> None:
+                 factors: list[float] | None, preprocessing: dict[str, bool]) -> None:
     """Append one row per scored image to `rows` and one entry per failure to `errors`, in place.
 
     `factors`: the model's prior correction; when given, each row also holds the corrected probabilities.
+    `preprocessing`: `load_image` options of the model (medpipe.preprocess.preprocess_options).
     """
     input_name = session.get_inputs()[0].name
-    batches = _decode_batches(files, size, cfg.data.max_pixels, cfg.score.batch_size, cfg.score.decode_workers)
+    batches = _decode_batches(files, size, cfg.data.max_pixels, cfg.score.batch_size, cfg.score.decode_workers,
+                              preprocessing)
     with tqdm(total=len(files), desc="score", unit="img", disable=None) as bar:
         for batch in batches:
             good = [(rel, arr) for rel, arr in batch if isinstance(arr, np.ndarray)]
@@ -245,10 +247,11 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
         onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp))
         session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
     info = read_model_info(session, source.get("uri", onnx_path))
-    if info.preprocess_version not in (None, PREPROCESS_VERSION):
-        raise ScoreError(f"model {model_ref_or_path} was trained on pixels of preprocess version "
-                         f"{info.preprocess_version}, this medpipe produces version {PREPROCESS_VERSION}: its "
-                         "predictions would not match its evaluation; score with the medpipe release it came from")
+    try:  # the model's own preprocessing (version + options), so its pixels are the ones it was evaluated on
+        options = preprocess_options(info.preprocess_version)
+    except ValueError as exc:
+        raise ScoreError(f"model {model_ref_or_path}: trained on pixels whose {exc}; its predictions would not "
+                         "match its evaluation; score with the medpipe release it came from") from None
     version = str(source.get("version") or info.version or "unversioned")
     factors, risk_prevalence = _risk_factors(info, cfg.score.prevalence, model_ref_or_path)
     header = _header(info.classes, factors is not None)
@@ -261,7 +264,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes, factors)
+        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes, factors, options)
     except BaseException:
         # Interrupted: keep what was scored (with the kept rows) so --resume continues, unless that would
         # replace an output the caller asked to overwrite only once scoring completes.

@@ -21,7 +21,6 @@ from medpipe.config import Config, config_from_dict, config_to_dict, save_config
 from medpipe.data.cache import load_cache
 from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_device stays importable
 from medpipe.fileio import atomic_output, atomic_write_text
-from medpipe.preprocess import PREPROCESS_VERSION
 
 __all__ = ["train_model", "load_checkpoint", "resolve_device", "class_weight_vector", "TrainingError"]
 
@@ -110,7 +109,7 @@ def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
 def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
     return {**priors, "model_name": model_name, "classes": data.classes, "image_size": data.image_size,
             "manifest_hash": data.manifest_hash, "epoch": epoch, "monitor": cfg.train.monitor,
-            "best_score": score, "config": config_to_dict(cfg), "preprocess_version": PREPROCESS_VERSION,
+            "best_score": score, "config": config_to_dict(cfg), "preprocess_version": data.preprocessing,
             "input": "float32 (N,1,H,W) raw pixels 0..255", "output": "logits"}
 
 

@@ -264,3 +264,14 @@ def test_paired_comparison_needs_the_challengers_predictions(trained_run, champi
                            cache_dir=trained_run.cache_dir)
     assert decision["champion_comparison"] is None
     assert any("predictions_val.csv is missing" in r for r in decision["reasons"])
+
+
+def test_champion_of_other_preprocessing_is_not_compared(trained_run, champion_store, tmp_path):  # noqa: F811
+    """Same files, but the current cache blacks out everything outside the largest region: the champion
+    was trained and published on the plain pixels, so a comparison on these would be meaningless."""
+    from medpipe.data.cache import build_cache
+
+    cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}", "data.largest_region_only=true")
+    masked_cache = build_cache(trained_run.data_root, cfg)
+    with pytest.raises(GateError, match="preprocessing '1'.*preprocessing '1\\+largest_region'.*cannot be compared"):
+        gate_models(trained_run.metrics, cfg, tmp_path / "gate.json", store=champion_store, cache_dir=masked_cache)

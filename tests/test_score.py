@@ -226,7 +226,7 @@ def test_models_without_medpipe_metadata_or_other_preprocessing_are_refused(trai
         score_folder(foreign, folder, tmp_path / "a.csv", trained_run.cfg)
     old = export_module(model, tmp_path / "old.onnx", 32,
                         model_metadata(model, {**meta, "preprocess_version": "0"}, "v0", None))
-    with pytest.raises(ScoreError, match="preprocess version 0"):
+    with pytest.raises(ScoreError, match="trained on pixels whose preprocessing '0' is not one this medpipe produces"):
         score_folder(old, folder, tmp_path / "b.csv", trained_run.cfg)
     assert not list(tmp_path.glob("*.csv"))
 

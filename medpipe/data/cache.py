@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medpipe.config import Config
 from medpipe.data.layout import Sample, discover
 from medpipe.fileio import sha256_file
-from medpipe.preprocess import PREPROCESS_VERSION, ImageError, load_image
+from medpipe.preprocess import ImageError, load_image, preprocess_id
 
 __all__ = ["SplitArrays", "CachedDataset", "build_cache", "load_cache", "dataset_manifest", "cache_root"]
 
@@ -48,6 +48,7 @@ class CachedDataset:
     manifest_hash: str
     splits: dict[str, SplitArrays]
     skipped: list[dict]  # files that could not be decoded: {"rel", "reason"}
+    preprocessing: str = "1"  # medpipe.preprocess.preprocess_id of the pixels
 
 
 def cache_root(cfg: Config) -> Path:
@@ -71,14 +72,15 @@ def dataset_manifest(root: str | Path, cfg: Config) -> tuple[dict, list[Sample]]
     return {"manifest_hash": manifest_hash, "root": str(layout.root), **body}, layout.samples
 
 
-def _decode_all(samples: list[Sample], size: int, max_pixels: int) -> tuple[np.ndarray, list[bool], list[dict]]:
+def _decode_all(samples: list[Sample], size: int, max_pixels: int,
+                largest_region_only: bool) -> tuple[np.ndarray, list[bool], list[dict]]:
     images = np.zeros((len(samples), size, size), dtype=np.uint8)
     ok = [False] * len(samples)
     skipped: list[dict] = []
 
     def _one(index: int) -> None:
         try:
-            images[index] = load_image(samples[index].path, size, max_pixels)
+            images[index] = load_image(samples[index].path, size, max_pixels, largest_region_only)
             ok[index] = True
         except ImageError as exc:
             skipped.append({"rel": samples[index].rel, "reason": exc.reason})
@@ -102,7 +104,8 @@ def build_cache(root: str | Path, cfg: Config, cache_dir: str | Path | None = No
     """
     manifest, samples = dataset_manifest(root, cfg)
     size = cfg.data.image_size
-    key = hashlib.sha256(f"{manifest['manifest_hash']}|{size}|{PREPROCESS_VERSION}".encode()).hexdigest()[:20]
+    preprocessing = preprocess_id(cfg.data.largest_region_only)
+    key = hashlib.sha256(f"{manifest['manifest_hash']}|{size}|{preprocessing}".encode()).hexdigest()[:20]
     parent = Path(cache_dir).expanduser() if cache_dir is not None else cache_root(cfg)
     target = parent / f"{key}-{size}px"
     if (target / _MANIFEST).is_file():
@@ -112,7 +115,7 @@ def build_cache(root: str | Path, cfg: Config, cache_dir: str | Path | None = No
         raise ValueError(f"no images found under {root}: "
                          f"expected ROOT/{{train,val,test}}/{{{','.join(cfg.data.classes)}}}/*")
     parent.mkdir(parents=True, exist_ok=True)
-    images, ok, skipped = _decode_all(samples, size, cfg.data.max_pixels)
+    images, ok, skipped = _decode_all(samples, size, cfg.data.max_pixels, cfg.data.largest_region_only)
     for item in skipped:
         _logger.warning("skipped %s: %s", item["rel"], item["reason"])
     # Build in a temp folder and rename: a crash never leaves a half-written cache that looks complete.
@@ -126,7 +129,7 @@ def build_cache(root: str | Path, cfg: Config, cache_dir: str | Path | None = No
             (tmp / f"{split}_index.json").write_text(json.dumps(
                 {"rels": [samples[i].rel for i in index], "patients": [samples[i].patient for i in index]}))
             splits_written[split] = len(index)
-        manifest.update({"image_size": size, "preprocess_version": PREPROCESS_VERSION, "splits": splits_written,
+        manifest.update({"image_size": size, "preprocess_version": preprocessing, "splits": splits_written,
                          "skipped": skipped, "cache_key": key})
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
         try:
@@ -159,4 +162,5 @@ def load_cache(cache_dir: str | Path) -> CachedDataset:
                                     labels=np.load(path / f"{split}_labels.npy"),
                                     rels=index["rels"], patients=index["patients"])
     return CachedDataset(path=path, classes=manifest["classes"], image_size=manifest["image_size"],
-                         manifest_hash=manifest["manifest_hash"], splits=splits, skipped=manifest["skipped"])
+                         manifest_hash=manifest["manifest_hash"], splits=splits, skipped=manifest["skipped"],
+                         preprocessing=str(manifest.get("preprocess_version", "1")))

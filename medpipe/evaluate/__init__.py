@@ -63,6 +63,13 @@ def _check_compatible(meta: dict[str, Any], data: Any, checkpoint: Path, cache_d
             f"checkpoint {checkpoint} was trained on {meta['image_size']} px images but cache {cache_dir} holds "
             f"{data.image_size} px; build the cache with data.image_size={meta['image_size']}"
         )
+    trained_on = str(meta.get("preprocess_version") or "1")
+    if trained_on != data.preprocessing:
+        raise ValueError(
+            f"checkpoint {checkpoint} was trained on pixels of preprocessing {trained_on!r} but cache {cache_dir} "
+            f"holds {data.preprocessing!r}; build the cache with data.largest_region_only="
+            f"{str('largest_region' in trained_on).lower()}"
+        )
     if meta.get("manifest_hash") != data.manifest_hash:
         # Legitimate (re-scoring a champion on a newer dataset version), but worth saying.
         _logger.info("checkpoint %s was trained on dataset %s, evaluating on dataset %s",

@@ -1,0 +1,96 @@
+"""data.largest_region_only: film labels and markers blacked out, the same way in the cache and in scoring."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medpipe.config import load_config
+from medpipe.data.cache import build_cache, load_cache
+from medpipe.evaluate import evaluate_model, read_predictions
+from medpipe.export import export_onnx
+from medpipe.preprocess import largest_region_mask, load_image, preprocess_id, preprocess_options
+from medpipe.score import score_folder
+from medpipe.train import train_model
+
+_CLASSES = ["normal", "benign", "cancer"]
+
+
+def mammogram_like(seed: int, label_index: int = 0, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A dark film with a bright half-disc "breast" on the left (with a faint skin edge and a class-dependent
+    spot inside) and a bright "label" rectangle in the top-right corner. Returns (image, breast region)."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(6, 2, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    breast = (yy - size / 2) ** 2 + xx**2 < (size * 0.55) ** 2
+    img[breast] = 150 + rng.normal(0, 10, int(breast.sum()))
+    edge = breast & ((yy - size / 2) ** 2 + xx**2 > (size * 0.52) ** 2)
+    img[edge] = 40  # the faint skin line must survive the mask
+    spot = (yy - size * (0.3 + 0.2 * label_index)) ** 2 + (xx - size * 0.25) ** 2 < (size * 0.06) ** 2
+    img[spot] = 240
+    img[4:16, size - 30:size - 6] = 230  # the film label
+    return np.clip(img, 0, 255).astype(np.uint8), breast
+
+
+def test_mask_keeps_the_breast_with_its_skin_line_and_drops_the_label() -> None:
+    img, breast = mammogram_like(0)
+    mask = largest_region_mask(img)
+    assert mask[breast].all(), "part of the breast (or its faint edge) was cut"
+    assert not mask[4:16, 96 - 30:96 - 6].any(), "the label survived"
+    assert mask.sum() < breast.sum() * 1.15  # grown by a couple of pixels, not more
+    assert largest_region_mask(np.zeros((20, 20), np.uint8)).all()  # nothing bright: keep everything
+
+
+def test_preprocessing_identity_round_trips_and_refuses_the_unknown() -> None:
+    assert preprocess_id() == "1" and preprocess_id(True) == "1+largest_region"
+    assert preprocess_options("1+largest_region") == {"largest_region_only": True}
+    assert preprocess_options(None) == preprocess_options("1") == {"largest_region_only": False}
+    for bad in ("2", "1+sharpen"):
+        with pytest.raises(ValueError, match=f"preprocessing '{re.escape(bad)}' is not one this medpipe produces"):
+            preprocess_options(bad)
+
+
+def test_the_option_reaches_cache_checkpoint_onnx_and_scoring(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for split, count in (("train", 8), ("val", 4)):
+        for label_index, label in enumerate(_CLASSES):
+            (root / split / label).mkdir(parents=True)
+            for n in range(count):
+                patient = f"P_{label_index}{n}{split[0]}"
+                img, _ = mammogram_like(label_index * 100 + n + (split == "val") * 1000, label_index, size=64)
+                Image.fromarray(img).save(root / split / label / f"{patient}_LEFT_CC.png")
+    common = ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2", "train.batch_size=8",
+              "train.device=cpu", "evaluate.splits=[val]", "evaluate.explain_per_class=0"]
+    masked_cfg = load_config(None, common + ["data.largest_region_only=true"])
+    plain_cache, masked_cache = build_cache(root, load_config(None, common)), build_cache(root, masked_cfg)
+    assert plain_cache != masked_cache  # other pixels, other cache
+    masked = load_cache(masked_cache)
+    assert masked.preprocessing == "1+largest_region" and load_cache(plain_cache).preprocessing == "1"
+    val = masked.splits["val"]
+    assert np.array_equal(val.images[0], load_image(root / val.rels[0], 32, largest_region_only=True))
+    assert masked.splits["val"].images[:, :4, -8:].max() == 0  # the label corner is black in every image
+
+    run = train_model(masked_cache, "custom_cnn", masked_cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match="trained on pixels of preprocessing '1\\+largest_region'.*"
+                                         "data.largest_region_only=true"):
+        evaluate_model(run / "best.pt", plain_cache, masked_cfg, tmp_path / "wrong")
+    metrics = evaluate_model(run / "best.pt", masked_cache, masked_cfg, tmp_path / "eval")
+    onnx_path = export_onnx(run / "best.pt", masked_cache, masked_cfg, tmp_path / "v1" / "model.onnx",
+                            metrics, "v1")
+    # Scoring the raw files re-creates the masked pixels from the model's metadata: same numbers as evaluation.
+    folder = tmp_path / "incoming"
+    shutil.copytree(root / "val", folder)
+    out = tmp_path / "scores.csv"
+    score_folder(onnx_path, folder, out, load_config(None, ["score.provider=cpu"]))
+    evaluated = read_predictions(metrics, "val", _CLASSES)
+    import csv
+
+    with out.open() as handle:
+        for row in csv.DictReader(handle):
+            expected = evaluated[f"val/{row['path']}"][1]
+            assert [float(row[f"prob_{c}"]) for c in _CLASSES] == pytest.approx(expected, abs=1e-4)
