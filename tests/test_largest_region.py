@@ -94,3 +94,39 @@ def test_the_option_reaches_cache_checkpoint_onnx_and_scoring(tmp_path: Path) ->
         for row in csv.DictReader(handle):
             expected = evaluated[f"val/{row['path']}"][1]
             assert [float(row[f"prob_{c}"]) for c in _CLASSES] == pytest.approx(expected, abs=1e-4)
+
+
+def _probe():
+    import importlib.util
+
+    from medpipe_testdata import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("artifact_probe", REPO_ROOT / "bench" / "artifact_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_artifact_probe_exposes_a_model_that_reads_the_film_label(tmp_path: Path, capsys) -> None:
+    """The class is written only in the label's brightness (the breast is the same for every class): a model
+    learns the label, and with the label blacked out it is at chance. bench/artifact_probe.py must show it."""
+    import re as regex
+
+    root = tmp_path / "data"
+    for split, count in (("train", 10), ("val", 6)):
+        for label_index, label in enumerate(_CLASSES):
+            (root / split / label).mkdir(parents=True)
+            for n in range(count):
+                img, _ = mammogram_like(label_index * 100 + n + (split == "val") * 1000, 0, size=64)
+                img[4:16, 64 - 30:64 - 6] = 80 + 80 * label_index  # the shortcut
+                Image.fromarray(img).save(root / split / label / f"P_{label_index}{n}{split[0]}_LEFT_CC.png")
+    cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=25",
+                             "train.lr=0.003", "train.monitor=loss", "train.batch_size=10", "train.device=cpu",
+                             "augment.enabled=false", "models.custom_cnn.channels=[8,16,32,32]"])
+    run = train_model(build_cache(root, cfg), "custom_cnn", cfg, tmp_path / "run")
+    assert _probe().main(["--checkpoint", str(run / "best.pt"), "--data", str(root), "--resamples", "200"]) == 0
+    out = capsys.readouterr().out
+    plain = float(regex.search(r"as they are\s+([0-9.]+)", out).group(1))
+    blacked = float(regex.search(r"outside the breast blacked\s+([0-9.]+)", out).group(1))
+    assert plain >= 0.9 and blacked <= plain - 0.25, out
+    assert "plain minus blacked-out macro_auc: +" in out
