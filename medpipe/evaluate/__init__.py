@@ -241,8 +241,8 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
 def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_dir: str | Path) -> Path:
     """Evaluate a trained checkpoint on the cached splits listed in `cfg.evaluate.splits`.
 
-    Writes into `out_dir`: `plots/<split>_{confusion,confusion_normalized,roc,pr}.png` (+ `plots/history.png`
-    when the training run left one), `predictions_<split>.csv`, `model_card.md`, and `metrics.json` last, so a
+    Writes into `out_dir`: `plots/<split>_{confusion,confusion_normalized,roc,pr,reliability,gradcam}.png`
+    (+ `plots/history.png` when the training run left one), `predictions_<split>.csv`, `model_card.md`, and `metrics.json` last, so a
     metrics.json on disk means the evaluation finished.
 
     Args:
