@@ -215,6 +215,9 @@ class EvaluateConfig:
     # Grad-CAM grid per split (plots/<split>_gradcam.png, in the model card): for each true class this many most
     # confident right calls and as many worst misses, with where the model found its evidence. 0 = off.
     explain_per_class: int = 2
+    # Score each split again with everything outside the largest bright region blacked out (on a mammogram: film
+    # labels, markers, borders) and report the paired difference (medpipe/evaluate/reliance.py).
+    outside_region_check: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.explain_per_class <= 8:

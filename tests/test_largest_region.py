@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -80,6 +81,8 @@ def test_the_option_reaches_cache_checkpoint_onnx_and_scoring(tmp_path: Path) ->
                                          "data.largest_region_only=true"):
         evaluate_model(run / "best.pt", plain_cache, masked_cfg, tmp_path / "wrong")
     metrics = evaluate_model(run / "best.pt", masked_cache, masked_cfg, tmp_path / "eval")
+    check = json.loads(metrics.read_text())["splits"]["val"]["outside_region"]  # black outside already
+    assert abs(check["difference"]["macro_auc"]["difference"]) < 0.05
     onnx_path = export_onnx(run / "best.pt", masked_cache, masked_cfg, tmp_path / "v1" / "model.onnx",
                             metrics, "v1")
     # Scoring the raw files re-creates the masked pixels from the model's metadata: same numbers as evaluation.
@@ -123,7 +126,15 @@ def test_artifact_probe_exposes_a_model_that_reads_the_film_label(tmp_path: Path
     cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=25",
                              "train.lr=0.003", "train.monitor=loss", "train.batch_size=10", "train.device=cpu",
                              "augment.enabled=false", "models.custom_cnn.channels=[8,16,32,32]"])
-    run = train_model(build_cache(root, cfg), "custom_cnn", cfg, tmp_path / "run")
+    cache = build_cache(root, cfg)
+    run = train_model(cache, "custom_cnn", cfg, tmp_path / "run")
+    # Every evaluation runs the same check on its cached images and says it in the model card.
+    metrics = json.loads(evaluate_model(run / "best.pt", cache, cfg, tmp_path / "eval").read_text())
+    check = metrics["splits"]["val"]["outside_region"]
+    assert metrics["splits"]["val"]["macro_auc"] >= 0.9 and check["macro_auc"] <= 0.7
+    low, high = check["difference"]["macro_auc"]["interval"]
+    assert low > 0 and 0.3 < check["area_outside"] < 0.9
+    assert "Outside the breast: with everything outside" in (tmp_path / "eval" / "model_card.md").read_text()
     assert _probe().main(["--checkpoint", str(run / "best.pt"), "--data", str(root), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
     plain = float(regex.search(r"as they are\s+([0-9.]+)", out).group(1))

@@ -22,6 +22,7 @@ from medpipe.evaluate.calibration import calibration_metrics
 from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
 from medpipe.evaluate.explain import plot_grad_cam
+from medpipe.evaluate.reliance import outside_region_check
 from medpipe.evaluate.uncertainty import bootstrap_intervals
 from medpipe.evaluate.plots import (plot_confusion_matrix, plot_history, plot_pr_curves, plot_reliability,
                                     plot_roc_curves)
@@ -221,6 +222,10 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         results[split]["calibration"] = calibration_metrics(labels, probs, classes, prior_correction=prior_correction)
         results[split]["confidence_intervals"] = bootstrap_intervals(
             labels, probs, list(arrays.patients), resamples=cfg.evaluate.bootstrap_resamples)
+        if cfg.evaluate.outside_region_check:
+            results[split]["outside_region"] = outside_region_check(
+                model, arrays.images, labels, probs, list(arrays.patients), classes, device,
+                cfg.train.eval_batch_size, cfg.evaluate.bootstrap_resamples)
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), list(arrays.patients), labels, probs,
                            classes)
         plots.update(_split_plots(split, labels, probs, results[split], classes, out / "plots"))
@@ -242,8 +247,8 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
     """Evaluate a trained checkpoint on the cached splits listed in `cfg.evaluate.splits`.
 
     Writes into `out_dir`: `plots/<split>_{confusion,confusion_normalized,roc,pr,reliability,gradcam}.png`
-    (+ `plots/history.png` when the training run left one), `predictions_<split>.csv`, `model_card.md`, and `metrics.json` last, so a
-    metrics.json on disk means the evaluation finished.
+    (+ `plots/history.png` when the training run left one), `predictions_<split>.csv`, `model_card.md`, and
+    `metrics.json` last, so a metrics.json on disk means the evaluation finished.
 
     Args:
         checkpoint: a `best.pt` / `last.pt` written by `medpipe.train`.

@@ -97,6 +97,21 @@ def _calibration_lines(cal: dict[str, Any] | None, classes: list[str]) -> list[s
             + _corrected_sentence(cal.get("prior_corrected"), classes)]
 
 
+def _outside_region_lines(check: dict[str, Any] | None, m: dict[str, Any]) -> list[str]:
+    """As is vs. with everything outside the largest bright region blacked out (medpipe.evaluate.reliance)."""
+    if not check or check.get("macro_auc") is None or m.get("macro_auc") is None:
+        return []
+    paired = (check.get("difference") or {}).get("macro_auc") or {}
+    interval = paired.get("interval")
+    spread = (f" (paired 95 % interval {interval[0]:+.3f} to {interval[1]:+.3f})" if interval else "")
+    return ["", f"Outside the breast: with everything outside each image's largest bright region blacked out (on "
+            f"a mammogram: film labels, markers, borders; {check['area_outside']:.0%} of the image), macro AUC "
+            f"{m['macro_auc']:.3f} → {check['macro_auc']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} → "
+            f"{check['balanced_accuracy']:.3f}; difference {m['macro_auc'] - check['macro_auc']:+.3f}{spread}. "
+            "A clear drop means part of the figures above comes from outside the anatomy, which other sites' "
+            "images will not share; see the Grad-CAM grid below, and `data.largest_region_only`."]
+
+
 def _corrected_sentence(corrected: dict[str, Any] | None, classes: list[str]) -> str:
     if not corrected:
         return ""
@@ -128,6 +143,7 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
     rows = [[c, m["per_class"][c]["support"], *(m["per_class"][c][k] for k, _ in _PER_CLASS)] for c in classes]
     lines += _table(["class", "support", *(label for _, label in _PER_CLASS)], rows)
     lines += _calibration_lines(m.get("calibration"), classes)
+    lines += _outside_region_lines(m.get("outside_region"), m)
     lines += ["", "Confusion matrix (rows = true, columns = predicted):", ""]
     cm_rows = [[f"**{c}**", *row] for c, row in zip(classes, m["confusion_matrix"])]
     lines += _table(["true \\ predicted", *classes], cm_rows) + [""]

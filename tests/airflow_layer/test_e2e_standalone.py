@@ -149,6 +149,16 @@ def _task_states(api, dag_id: str, run_id: str) -> dict[str, str]:
     return {ti["task_id"]: ti["state"] for ti in items}
 
 
+def _print_failed_task_logs(api, dag_id: str, run_id: str) -> None:
+    """On a failed run, print each failed task's own log (pytest shows it with the failure; assertion
+    messages are cut short, and the standalone's folder is gone afterwards)."""
+    for task_id, state in _task_states(api, dag_id, run_id).items():
+        if state == "failed":
+            response = api.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+                               headers={"Accept": "text/plain"})
+            print(f"---- {dag_id}/{task_id} log ({response.status_code}) ----\n{response.text[-6000:]}")
+
+
 def _train_and_score(server: Standalone, data: Path) -> dict[str, Any]:
     api = _api(server)
     for dag_id in ("medpipe_retrain", "medpipe_score"):
@@ -159,7 +169,10 @@ def _train_and_score(server: Standalone, data: Path) -> dict[str, Any]:
     assert created.status_code == 200, created.text
     run_id = created.json()["dag_run_id"]
     state = _wait_for("medpipe_retrain finished", lambda: _run_state(api, "medpipe_retrain", run_id), RUN_TIMEOUT_S)
-    assert state == "success", (_task_states(api, "medpipe_retrain", run_id), server.log_tail())
+    if state != "success":
+        _print_failed_task_logs(api, "medpipe_retrain", run_id)
+        print(server.log_tail(200))
+    assert state == "success", _task_states(api, "medpipe_retrain", run_id)
     links = api.get(f"/api/v2/dags/medpipe_retrain/dagRuns/{run_id}/taskInstances/publish/links").json()
     # The Asset update from publish schedules the scoring DAG on its own.
     score_runs = _wait_for("medpipe_score triggered by the champion asset", lambda: api.get(
