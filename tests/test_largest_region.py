@@ -134,7 +134,7 @@ def test_artifact_probe_exposes_a_model_that_reads_the_film_label(tmp_path: Path
     assert metrics["splits"]["val"]["macro_auc"] >= 0.9 and check["macro_auc"] <= 0.7
     low, high = check["difference"]["macro_auc"]["interval"]
     assert low > 0 and 0.3 < check["area_outside"] < 0.9
-    assert "Outside the breast: with everything outside" in (tmp_path / "eval" / "model_card.md").read_text()
+    assert "Outside the anatomy: with everything outside" in (tmp_path / "eval" / "model_card.md").read_text()
     assert _probe().main(["--checkpoint", str(run / "best.pt"), "--data", str(root), "--resamples", "200"]) == 0
     out = capsys.readouterr().out
     plain = float(regex.search(r"as they are\s+([0-9.]+)", out).group(1))

@@ -104,8 +104,9 @@ def _outside_region_lines(check: dict[str, Any] | None, m: dict[str, Any]) -> li
     paired = (check.get("difference") or {}).get("macro_auc") or {}
     interval = paired.get("interval")
     spread = (f" (paired 95 % interval {interval[0]:+.3f} to {interval[1]:+.3f})" if interval else "")
-    return ["", f"Outside the breast: with everything outside each image's largest bright region blacked out (on "
-            f"a mammogram: film labels, markers, borders; {check['area_outside']:.0%} of the image), macro AUC "
+    return ["", f"Outside the anatomy: with everything outside each image's largest bright region (the breast, "
+            f"on a mammogram) blacked out — film labels, markers, borders; {check['area_outside']:.0%} of the "
+            f"image — macro AUC "
             f"{m['macro_auc']:.3f} → {check['macro_auc']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} → "
             f"{check['balanced_accuracy']:.3f}; difference {m['macro_auc'] - check['macro_auc']:+.3f}{spread}. "
             "A clear drop means part of the figures above comes from outside the anatomy, which other sites' "
