@@ -37,4 +37,10 @@ def fast_config(tmp_path: Path) -> Config:
 
 
 # A real S3 server (moto's HTTP server on loopback) for every S3 path; defined in tests/s3_fixtures.py.
-from s3_fixtures import s3_server  # noqa: E402,F401
+# The GPU device image has no boto3/moto (bench/gpu_check.sh runs only the gpu tests there): without them the
+# fixture is simply not defined, and a test asking for it errors ("fixture 's3_server' not found"), never passes.
+try:
+    from s3_fixtures import s3_server  # noqa: E402,F401
+except ImportError as exc:  # pragma: no cover - CI installs requirements-dev.txt, which has both
+    if exc.name not in ("boto3", "moto", "botocore"):
+        raise

@@ -72,6 +72,7 @@ def test_predict_probs_refuses_bad_input(images, kwargs, message):
         predict_probs(_BrightnessModel(), images, **kwargs)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bf16 autocast + channels_last path)")
 def test_predict_probs_cuda_bf16_matches_cpu():
     torch.manual_seed(0)
