@@ -9,6 +9,7 @@ PNGs, so a DICOM file and its faithful PNG export give the model the same pictur
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,23 @@ def dicom_patient_id(path: str | Path) -> str | None:
         return None
     value = str(header.get("PatientID", "") or "").strip()
     return value or None
+
+
+class _PluginFailureFilter(logging.Filter):
+    """Drops pydicom's per-plugin decode tracebacks. pydicom logs each decoder plugin's failure with a traceback,
+    then raises one error listing them all; medpipe reports that error as the file's skip, so in a batch of
+    thousands of compressed files the tracebacks would only repeat it, one screenful per file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.exc_info
+
+
+def _quiet_plugin_failures() -> None:
+    # A logger's filters only see records created on that logger: the filter sits on the decoders' own (pydicom
+    # 3.0), and pydicom's other messages stay as they are.
+    logger = logging.getLogger("pydicom.pixels.decoders.base")
+    if not any(isinstance(f, _PluginFailureFilter) for f in logger.filters):
+        logger.addFilter(_PluginFailureFilter())
 
 
 def _reason_not_decodable(exc: Exception, ds) -> str:
@@ -108,6 +126,7 @@ def decode_dicom(path: str | Path, max_pixels: int, error_type: type[Exception])
         raise error_type(path, f"cannot read the DICOM file (truncated or corrupt): {exc}") from None
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise error_type(path, "DICOM file without pixel data")
+    _quiet_plugin_failures()
     try:
         arr = ds.pixel_array
     except Exception as exc:
