@@ -21,6 +21,7 @@ from medpipe.data.cache import build_cache, load_cache
 from medpipe.evaluate.metrics import compute_metrics
 from medpipe.evaluate.predict import predict_probs
 from medpipe.evaluate.uncertainty import paired_difference_intervals
+from medpipe.preprocess import preprocess_options
 from medpipe.train import load_checkpoint
 
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model, meta = load_checkpoint(args.checkpoint)
-    trained_masked = "largest_region" in str(meta.get("preprocess_version") or "")
+    trained_masked = preprocess_options(meta.get("preprocess_version"))["largest_region_only"]
     print(f"checkpoint {args.checkpoint}: {meta['model_name']} at {meta['image_size']} px, trained on "
           f"{'masked' if trained_masked else 'plain'} images")
     results = {}

@@ -102,28 +102,24 @@ def decode_dicom(path: str | Path, max_pixels: int, error_type: type[Exception])
     from pydicom.errors import InvalidDicomError
 
     path = Path(path)
-    try:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
+    try:  # one parse; values over 1 KiB (the pixel data) are read from the file only when decoded
+        ds = pydicom.dcmread(path, defer_size=1024)
     except InvalidDicomError:
         raise error_type(path, "not a DICOM file (no 'DICM' marker after the 128-byte preamble)") from None
     except Exception as exc:  # pydicom raises many types for damaged headers; all mean "unreadable"
         raise error_type(path, f"cannot read the DICOM header (truncated or corrupt): {exc}") from None
-    rows, columns = header.get("Rows"), header.get("Columns")
+    rows, columns = ds.get("Rows"), ds.get("Columns")
     if rows is None or columns is None:
-        modality = header.get("Modality", "?")
-        raise error_type(path, f"DICOM object without an image (SOP class {header.get('SOPClassUID', '?')}, "
+        modality = ds.get("Modality", "?")
+        raise error_type(path, f"DICOM object without an image (SOP class {ds.get('SOPClassUID', '?')}, "
                                f"modality {modality}): no Rows/Columns; expected an image such as MG, US, DX or CR")
-    frames = int(header.get("NumberOfFrames", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     if int(rows) * int(columns) > max_pixels:
         raise error_type(path, f"{columns}x{rows} = {int(rows) * int(columns)} pixels exceeds the limit of "
                                f"{max_pixels} (data.max_pixels); refused without decoding", "too_large")
     if frames > 1:
         # A cine loop, a tomosynthesis stack or an enhanced multi-frame object is not one image.
         raise error_type(path, f"DICOM with {frames} frames; expected a single image per file")
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:
-        raise error_type(path, f"cannot read the DICOM file (truncated or corrupt): {exc}") from None
     if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise error_type(path, "DICOM file without pixel data")
     _quiet_plugin_failures()
@@ -131,21 +127,14 @@ def decode_dicom(path: str | Path, max_pixels: int, error_type: type[Exception])
         arr = ds.pixel_array
     except Exception as exc:
         raise error_type(path, _reason_not_decodable(exc, ds)) from None
+    from medpipe.preprocess import stretch_to_uint8  # here: preprocess imports this module
+
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (RGB, or YBR which pydicom converted to RGB): luminance as PIL's "L" computes it
         gray = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return np.clip(np.round(gray), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else _stretch(gray)
+        return np.clip(np.round(gray), 0, 255).astype(np.uint8) if arr.dtype == np.uint8 else stretch_to_uint8(gray)
     out = _display_values(arr, ds)
     return 255 - out if photometric == "MONOCHROME1" else out
-
-
-def _stretch(values: np.ndarray) -> np.ndarray:
-    """0..255 by the image's own min..max (as for 16-bit PNGs); a constant image becomes black."""
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def _first(value) -> float:
@@ -159,6 +148,8 @@ def _display_values(arr: np.ndarray, ds) -> np.ndarray:
     """Grayscale DICOM pixels as displayed, 0..255: modality LUT, then the VOI transform the file specifies."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from medpipe.preprocess import stretch_to_uint8
+
     values = apply_modality_lut(arr, ds)
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
     if "VOILUTSequence" not in ds and "WindowCenter" in ds and "WindowWidth" in ds and function == "LINEAR":
@@ -168,7 +159,7 @@ def _display_values(arr: np.ndarray, ds) -> np.ndarray:
         scaled = ((np.asarray(values, dtype=np.float64) - (center - 0.5)) / (width - 1 or 1.0) + 0.5) * 255.0
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:  # LUT tables or SIGMOID windows: pydicom's reading
-        return _stretch(apply_voi_lut(values, ds))
+        return stretch_to_uint8(apply_voi_lut(values, ds))
     if arr.dtype == np.uint8 and "RescaleSlope" not in ds and "ModalityLUTSequence" not in ds:
         return arr  # 8-bit, no rescale: exactly what its PNG export holds
-    return _stretch(values)
+    return stretch_to_uint8(values)

@@ -159,6 +159,7 @@ def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str
     from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
     from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
     from medpipe.registry import read_champion, resolve_model
+    from medpipe.preprocess import PREPROCESS_VERSION
 
     if read_champion(store) is None:
         return None
@@ -170,7 +171,7 @@ def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str
         onnx_path, info = resolve_model(store, "champion", Path(tmp))
         session = create_session(onnx_path, provider)
         model_info = read_model_info(session, info.get("uri", onnx_path))
-        champion_pixels = str(model_info.preprocess_version or "1")
+        champion_pixels = str(model_info.preprocess_version or PREPROCESS_VERSION)
         if (model_info.classes != list(classes) or model_info.input_size != data.image_size
                 or champion_pixels != data.preprocessing):
             raise GateError(

@@ -1,8 +1,8 @@
 """The one image preprocessing function used by caching, evaluation and scoring.
 
-Every image, whatever its format (JPEG/PNG/TIFF/BMP/DICOM, 8- or 16-bit or float, grayscale/RGB/RGBA/palette), becomes a
-single-channel uint8 array of size x size. Training, evaluation and ONNX scoring all go through `load_image`, so a
-model sees exactly the same pixels in production as in its evaluation.
+Every image, whatever its format (JPEG/PNG/TIFF/BMP/DICOM, 8- or 16-bit or float, grayscale/RGB/RGBA/palette),
+becomes a single-channel uint8 array of size x size. Training, evaluation and ONNX scoring all go through
+`load_image`, so a model sees exactly the same pixels in production as in its evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medpipe.dicom import DICOM_EXTENSIONS, decode_dicom, dicom_mode, is_dicom_path
 
 __all__ = ["ImageError", "IMAGE_EXTENSIONS", "is_supported_image", "stored_mode", "decode_image", "resize_image",
-           "load_image", "largest_region_mask", "preprocess_id", "preprocess_options", "PREPROCESS_VERSION"]
+           "stretch_to_uint8", "load_image", "largest_region_mask", "preprocess_id", "preprocess_options",
+           "PREPROCESS_VERSION"]
 
 # JPEG and PNG, plus TIFF (8/16-bit and float, as mammography and microscopy exports often are) and BMP (some
 # ultrasound machines export it): all decoded by PIL into the same conversion below. DICOM (.dcm, .dicom, or
@@ -52,6 +53,15 @@ def stored_mode(path: str | Path) -> str:
         return img.mode
 
 
+def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
+    """0..255 by the image's own min..max (16-bit and float PNG/TIFF, unwindowed DICOM); constant -> black."""
+    values = np.asarray(values, dtype=np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     """Convert any PIL mode to 8-bit grayscale.
 
@@ -59,11 +69,7 @@ def _to_uint8_gray(img: Image.Image) -> np.ndarray:
     16-bit container, and dividing by 257 would leave them nearly black.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        if hi <= lo:
-            return np.zeros(arr.shape, dtype=np.uint8)
-        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return stretch_to_uint8(np.asarray(img))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels become black, the background of every medical image we know.
         rgba = img.convert("RGBA")

@@ -16,7 +16,6 @@ the reason; they are counted, never fatal. Outputs are written atomically; an ex
 from __future__ import annotations
 
 import csv
-import fnmatch
 import json
 import logging
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medpipe.config import Config
+from medpipe.data.layout import excluded_by
 from medpipe.fileio import atomic_output, sha256_file
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
@@ -63,7 +63,7 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = ()) -> tuple[list
     images, errors = [], []
     for path in sorted(p for p in input_dir.rglob("*") if not p.is_dir()):
         rel = path.relative_to(input_dir).as_posix()
-        matched = next((p for p in exclude if fnmatch.fnmatchcase(path.name.lower(), p.lower())), None)
+        matched = excluded_by(path.name, exclude)
         if matched is not None:
             errors.append((rel, f"file name matches data.exclude pattern {matched!r} (not an image to classify); "
                                 "skipped"))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from medpipe.config import Config
 from medpipe.data.layout import Sample, discover
 from medpipe.fileio import sha256_file
-from medpipe.preprocess import ImageError, load_image, preprocess_id
+from medpipe.preprocess import PREPROCESS_VERSION, ImageError, load_image, preprocess_id
 
 __all__ = ["SplitArrays", "CachedDataset", "build_cache", "load_cache", "dataset_manifest", "cache_root"]
 
@@ -48,7 +48,7 @@ class CachedDataset:
     manifest_hash: str
     splits: dict[str, SplitArrays]
     skipped: list[dict]  # files that could not be decoded: {"rel", "reason"}
-    preprocessing: str = "1"  # medpipe.preprocess.preprocess_id of the pixels
+    preprocessing: str = PREPROCESS_VERSION  # medpipe.preprocess.preprocess_id of the pixels
 
 
 def cache_root(cfg: Config) -> Path:
@@ -163,4 +163,4 @@ def load_cache(cache_dir: str | Path) -> CachedDataset:
                                     rels=index["rels"], patients=index["patients"])
     return CachedDataset(path=path, classes=manifest["classes"], image_size=manifest["image_size"],
                          manifest_hash=manifest["manifest_hash"], splits=splits, skipped=manifest["skipped"],
-                         preprocessing=str(manifest.get("preprocess_version", "1")))
+                         preprocessing=str(manifest.get("preprocess_version", PREPROCESS_VERSION)))

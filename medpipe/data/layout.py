@@ -14,7 +14,7 @@ from medpipe.dicom import dicom_patient_id, is_dicom_path
 from medpipe.preprocess import IMAGE_EXTENSIONS, is_supported_image
 
 __all__ = ["SPLITS", "REQUIRED_SPLITS", "FLAT_SPLIT", "Sample", "LayoutProblem", "DatasetLayout", "discover",
-           "discover_flat", "is_flat", "patient_id", "resolve_inside"]
+           "discover_flat", "excluded_by", "is_flat", "patient_id", "resolve_inside"]
 
 _logger = logging.getLogger(__name__)
 
@@ -226,6 +226,11 @@ def _walk_files(layout: DatasetLayout, top: Path, resolved_top: Path) -> list[Pa
     return files
 
 
+def excluded_by(file_name: str, patterns: Sequence[str]) -> str | None:
+    """The first data.exclude glob that `file_name` matches (case-insensitive), or None."""
+    return next((p for p in patterns if fnmatch.fnmatchcase(file_name.lower(), p.lower())), None)
+
+
 def _patient_of(file_path: Path, pattern: str, source: str) -> tuple[str, str]:
     """(patient id, where it came from): a DICOM file's PatientID (source "auto"), else the file-name pattern,
     else the file stem (one image = one patient: the only safe assumption without an id)."""
@@ -240,7 +245,7 @@ def _patient_of(file_path: Path, pattern: str, source: str) -> tuple[str, str]:
 def _make_sample(layout: DatasetLayout, file_path: Path, split: str, label: str, patient_pattern: str,
                  patient_source: str = "auto") -> Sample | None:
     rel = file_path.relative_to(layout.root).as_posix()
-    if any(fnmatch.fnmatchcase(file_path.name.lower(), pattern) for pattern in layout.exclude):
+    if excluded_by(file_path.name, layout.exclude):
         layout.excluded.append(rel)
         return None
     resolved = _resolve_or_report(layout, file_path, rel)

@@ -28,6 +28,7 @@ from medpipe.evaluate.plots import (plot_confusion_matrix, plot_history, plot_pr
                                     plot_roc_curves)
 from medpipe.evaluate.predict import predict_probs, resolve_device
 from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
+from medpipe.preprocess import PREPROCESS_VERSION, preprocess_options
 
 __all__ = [
     "evaluate_model",
@@ -64,12 +65,12 @@ def _check_compatible(meta: dict[str, Any], data: Any, checkpoint: Path, cache_d
             f"checkpoint {checkpoint} was trained on {meta['image_size']} px images but cache {cache_dir} holds "
             f"{data.image_size} px; build the cache with data.image_size={meta['image_size']}"
         )
-    trained_on = str(meta.get("preprocess_version") or "1")
+    trained_on = str(meta.get("preprocess_version") or PREPROCESS_VERSION)
     if trained_on != data.preprocessing:
+        wanted = preprocess_options(trained_on)["largest_region_only"]  # raises for an id this medpipe lacks
         raise ValueError(
             f"checkpoint {checkpoint} was trained on pixels of preprocessing {trained_on!r} but cache {cache_dir} "
-            f"holds {data.preprocessing!r}; build the cache with data.largest_region_only="
-            f"{str('largest_region' in trained_on).lower()}"
+            f"holds {data.preprocessing!r}; build the cache with data.largest_region_only={str(wanted).lower()}"
         )
     if meta.get("manifest_hash") != data.manifest_hash:
         # Legitimate (re-scoring a champion on a newer dataset version), but worth saying.
