@@ -35,6 +35,9 @@ def test_file_and_overrides_merge(tmp_path: Path):
     ("validate.severity.bogus=error", "unknown checks ['bogus']"),
     ("data.image_size=4", "data.image_size must be in 16..1024"),
     ("train.epochs", "must look like section.key=value"),
+    ("evaluate.explain_per_class=20", "evaluate.explain_per_class must be in 0..8 (0 = no Grad-CAM plot), got 20"),
+    ("data.patient_id_source=header", "data.patient_id_source='header': Input should be 'auto' or 'file_name'"),
+    ("data.largest_region_only=maybe", "data.largest_region_only='maybe'"),
 ])
 def test_bad_values_name_key_value_and_allowed(override: str, expected: str):
     with pytest.raises(ConfigError) as info:
