@@ -273,5 +273,5 @@ def test_champion_of_other_preprocessing_is_not_compared(trained_run, champion_s
 
     cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}", "data.largest_region_only=true")
     masked_cache = build_cache(trained_run.data_root, cfg)
-    with pytest.raises(GateError, match="preprocessing '1'.*preprocessing '1\\+largest_region'.*cannot be compared"):
+    with pytest.raises(GateError, match="preprocessing '1'.*preprocessing '1\\+largest_region2'.*cannot be compared"):
         gate_models(trained_run.metrics, cfg, tmp_path / "gate.json", store=champion_store, cache_dir=masked_cache)

@@ -47,10 +47,34 @@ def test_mask_keeps_the_breast_with_its_skin_line_and_drops_the_label() -> None:
     assert largest_region_mask(np.zeros((20, 20), np.uint8)).all()  # nothing bright: keep everything
 
 
+def test_mask_drops_a_label_and_a_film_border_joined_to_the_breast_by_thin_strips() -> None:
+    """As on many DDSM films: a bright frame along the film's edge touches the breast, and the label sits on a
+    thin bright strip reaching it. One connected region; the mask must still keep only the breast."""
+    img, breast = mammogram_like(1)
+    img[:, -3:] = 220  # film border along the right edge (3 px of 96)
+    img[10:13, 50:70] = 220  # a strip from the breast to the label
+    img[8:20, 70:90] = 230  # the label, now joined to the border and the breast
+    mask = largest_region_mask(img)
+    assert mask[breast].all(), "part of the breast (or its faint edge) was cut"
+    assert not mask[8:20, 72:90].any(), "the label survived"
+    assert not mask[30:90, -3:].any(), "the film border survived"
+
+
+def test_mask_of_a_large_image_is_made_on_a_scaled_copy() -> None:
+    img, breast = mammogram_like(2, size=96)
+    big = np.asarray(Image.fromarray(img).resize((2400, 2400), Image.Resampling.NEAREST))
+    mask = largest_region_mask(big)
+    assert mask.shape == big.shape
+    small = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((96, 96), Image.Resampling.BOX)) > 127
+    assert small[breast].mean() > 0.99 and not small[4:16, 96 - 30:96 - 6].any()
+
+
 def test_preprocessing_identity_round_trips_and_refuses_the_unknown() -> None:
-    assert preprocess_id() == "1" and preprocess_id(True) == "1+largest_region"
-    assert preprocess_options("1+largest_region") == {"largest_region_only": True}
+    assert preprocess_id() == "1" and preprocess_id(True) == "1+largest_region2"
+    assert preprocess_options("1+largest_region2") == {"largest_region_only": True}
     assert preprocess_options(None) == preprocess_options("1") == {"largest_region_only": False}
+    with pytest.raises(ValueError, match="'largest_region' is the first largest-region mask.*retrain"):
+        preprocess_options("1+largest_region")  # models made before the mask cut thin strips
     for bad in ("2", "1+sharpen"):
         with pytest.raises(ValueError, match=f"preprocessing '{re.escape(bad)}' is not one this medpipe produces"):
             preprocess_options(bad)
@@ -71,13 +95,13 @@ def test_the_option_reaches_cache_checkpoint_onnx_and_scoring(tmp_path: Path) ->
     plain_cache, masked_cache = build_cache(root, load_config(None, common)), build_cache(root, masked_cfg)
     assert plain_cache != masked_cache  # other pixels, other cache
     masked = load_cache(masked_cache)
-    assert masked.preprocessing == "1+largest_region" and load_cache(plain_cache).preprocessing == "1"
+    assert masked.preprocessing == "1+largest_region2" and load_cache(plain_cache).preprocessing == "1"
     val = masked.splits["val"]
     assert np.array_equal(val.images[0], load_image(root / val.rels[0], 32, largest_region_only=True))
     assert masked.splits["val"].images[:, :4, -8:].max() == 0  # the label corner is black in every image
 
     run = train_model(masked_cache, "custom_cnn", masked_cfg, tmp_path / "run")
-    with pytest.raises(ValueError, match="trained on pixels of preprocessing '1\\+largest_region'.*"
+    with pytest.raises(ValueError, match="trained on pixels of preprocessing '1\\+largest_region2'.*"
                                          "data.largest_region_only=true"):
         evaluate_model(run / "best.pt", plain_cache, masked_cfg, tmp_path / "wrong")
     metrics = evaluate_model(run / "best.pt", masked_cache, masked_cfg, tmp_path / "eval")

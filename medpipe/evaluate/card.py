@@ -110,7 +110,8 @@ def _outside_region_lines(check: dict[str, Any] | None, m: dict[str, Any]) -> li
             f"{m['macro_auc']:.3f} → {check['macro_auc']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} → "
             f"{check['balanced_accuracy']:.3f}; difference {m['macro_auc'] - check['macro_auc']:+.3f}{spread}. "
             "A clear drop means part of the figures above comes from outside the anatomy, which other sites' "
-            "images will not share; see the Grad-CAM grid below, and `data.largest_region_only`."]
+            "images will not share (part of it can also be that a model trained on plain images never saw black "
+            "surroundings); see the Grad-CAM grid below, and `data.largest_region_only`."]
 
 
 def _corrected_sentence(corrected: dict[str, Any] | None, classes: list[str]) -> str:
