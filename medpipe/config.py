@@ -58,6 +58,7 @@ VALIDATION_CHECKS = {
     "near_duplicate": "warning",  # 64-bit phash candidates confirmed by a 256-bit phash (validate.near_duplicate_*)
     "patient_leakage": "warning",  # one patient id in two splits
     "mask_like": "warning",  # at most two distinct pixel values: a segmentation mask or a blank, not an image
+    "source_confound": "warning",  # file format, stored mode or native size alone tells a class apart
 }
 Severity = Literal["error", "warning", "ignore"]
 
@@ -122,6 +123,9 @@ class ValidateConfig:
     # Known gap: crops of 2-5 % (median 42) and 1-2 deg rotations (median 30) move this hash as far as a different
     # patient does, so such copies are mostly not confirmed.
     near_duplicate_confirm_distance: int = 20
+    # source_confound fires when file format, stored mode or native size alone tells a class from the others
+    # with at least this balanced accuracy (leave-one-out, one-vs-rest; chance 0.5): medpipe/data/source_check.py.
+    source_confound_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.severity) - set(VALIDATION_CHECKS))
@@ -131,6 +135,9 @@ class ValidateConfig:
         if not 0 <= self.near_duplicate_distance <= 64:
             raise ValueError(f"validate.near_duplicate_distance must be in 0..64 (bits of a 64-bit hash), "
                              f"got {self.near_duplicate_distance}")
+        if not 0 < self.source_confound_threshold <= 1:
+            raise ValueError(f"validate.source_confound_threshold must be in (0, 1] (a balanced accuracy), "
+                             f"got {self.source_confound_threshold}")
         if not 0 <= self.near_duplicate_confirm_distance <= 256:
             raise ValueError(f"validate.near_duplicate_confirm_distance must be in 0..256 (bits of a 256-bit hash), "
                              f"got {self.near_duplicate_confirm_distance}")
@@ -299,7 +306,8 @@ def _default_tree() -> dict[str, Any]:
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in ("label_aliases", "min_metrics"):
+        replaced_whole = key in ("label_aliases", "min_metrics")  # mappings a user states in full
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not replaced_whole:
             merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from medpipe.config import VALIDATION_CHECKS, Config
 from medpipe.data.layout import DatasetLayout, Sample, discover
+from medpipe.data.source_check import confounds_of_records
 from medpipe.data.validate_report import format_validation_summary, write_report
 from medpipe.fileio import sha256_file
 from medpipe.preprocess import ImageError, decode_image, stored_mode
@@ -143,19 +144,22 @@ def validate_dataset(root: str | Path, cfg: Config, out_dir: str | Path, *,
                                   cfg.validate.near_duplicate_confirm_distance, findings)
     patients = _check_patients(layout, findings)
     n_mask_like = _check_mask_like(good, findings)
+    confounds = confounds_of_records(good, list(layout.classes), cfg.validate.source_confound_threshold,
+                                     findings.add)
     finished = time.perf_counter()
     stats = {
         "root": str(layout.root), "classes": list(layout.classes), "splits": list(layout.splits),
         "n_files": len(records), "n_usable": len(good), "counts": counts,
         "imbalance_ratio": {s: _imbalance(c) for s, c in counts.items()},
         "patients": patients, "images": _image_stats(layout.splits, good),
-        "duplicates": {**duplicates, **near}, "mask_like": n_mask_like,
+        "duplicates": {**duplicates, **near}, "mask_like": n_mask_like, "source_confounds": confounds,
         "excluded": {"count": len(layout.excluded), "patterns": list(cfg.data.exclude), "paths": layout.excluded},
         "checks": findings.summary(), "content_hash": _content_hash(records),
         "settings": {"max_pixels": cfg.data.max_pixels, "exclude": list(cfg.data.exclude),
                      "patient_id_pattern": cfg.data.patient_id_pattern,
                      "near_duplicate_distance": cfg.validate.near_duplicate_distance,
                      "near_duplicate_confirm_distance": cfg.validate.near_duplicate_confirm_distance,
+                     "source_confound_threshold": cfg.validate.source_confound_threshold,
                      "severity": dict(cfg.validate.severity)},
         "timing": {"discover_s": round(discovered - started, 3), "decode_s": round(decoded - discovered, 3),
                    "checks_s": round(finished - decoded, 3), "total_s": round(finished - started, 3),

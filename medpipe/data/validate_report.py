@@ -69,7 +69,19 @@ def _images_section(r: dict[str, Any]) -> list[str]:
             f"{d['cross_split']}, under two labels {d['label_conflict']})",
             f"- near-duplicate pairs: {d['near_duplicate_pairs']} confirmed (256-bit perceptual hash distance <= "
             f"{r['settings']['near_duplicate_confirm_distance']}) of {d['near_duplicate_candidates']} candidates "
-            f"screened (64-bit distance <= {r['settings']['near_duplicate_distance']})", ""]
+            f"screened (64-bit distance <= {r['settings']['near_duplicate_distance']})", "",
+            *_source_section(r)]
+
+
+def _source_section(r: dict[str, Any]) -> list[str]:
+    confounds = r.get("source_confounds") or {}
+    if not confounds:
+        return []
+    return ["## Classes told apart by storage alone", "",
+            "Balanced accuracy of telling each class from the others by one attribute alone (leave-one-out; chance "
+            f"0.5, warning at {r['settings']['source_confound_threshold']}):", "",
+            *_table(["attribute", *r["classes"]],
+                    [[a, *(v["balanced_accuracy"].get(c) for c in r["classes"])] for a, v in confounds.items()])]
 
 
 def _findings_section(title: str, findings: list[dict[str, Any]]) -> list[str]:
