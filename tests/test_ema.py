@@ -61,3 +61,21 @@ def test_ema_off_keeps_checkpoints_lean(tiny_dataset: Path, tmp_path: Path):
 def test_bad_ema_decay_is_named(value):
     with pytest.raises(ConfigError, match=r"train.ema_decay"):
         load_config(None, [f"train.ema_decay={value}"])
+
+
+def test_averaged_model_batchnorm_statistics_are_its_own(tiny_dataset: Path, tmp_path: Path):
+    """Averaging the raw model's BatchNorm statistics gives statistics of activations the averaged weights do
+    not produce (a model that calls everything one class, seen at 224 px). After each epoch they are recomputed:
+    the first BatchNorm's running mean is the mean of its input under the averaged weights."""
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.lr=0.01", "train.weighted_sampling=false")
+    cache = build_cache(tiny_dataset, cfg)
+    out = train_model(cache, "custom_cnn", cfg, tmp_path / "run")
+    model, _ = load_checkpoint(out / "last.pt")  # the averaged weights, in eval mode
+    first_bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    first_bn.register_forward_hook(lambda module, args, output: seen.append(args[0].detach()))
+    train = load_cache(cache).splits["train"]  # 24 images: the whole refresh sample
+    with torch.no_grad():
+        model(torch.from_numpy(train.images).float().unsqueeze(1))
+    own_mean = seen[0].mean(dim=(0, 2, 3))
+    assert torch.allclose(first_bn.running_mean, own_mean, atol=1e-4), (first_bn.running_mean - own_mean).abs().max()
