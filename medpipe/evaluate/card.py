@@ -97,6 +97,14 @@ def _calibration_lines(cal: dict[str, Any] | None, classes: list[str]) -> list[s
             + _corrected_sentence(cal.get("prior_corrected"), classes)]
 
 
+def _pairwise_lines(pairs: dict[str, float | None] | None) -> list[str]:
+    if not pairs or len(pairs) < 2:  # two classes: the one pair is the per-class AUC already shown
+        return []
+    shown = "; ".join(f"{key.replace('_vs_', ' vs ')} {_fmt(value)}" for key, value in pairs.items())
+    return ["", f"Pairwise ROC AUC (one class against one other, on their images only): {shown}. A pair near "
+                "0.5 is told apart at chance, however high the one-vs-rest figures above."]
+
+
 def _outside_region_lines(check: dict[str, Any] | None, m: dict[str, Any]) -> list[str]:
     """As is vs. with everything outside the largest bright region blacked out (medpipe.evaluate.reliance)."""
     if not check or check.get("macro_auc") is None or m.get("macro_auc") is None:
@@ -144,6 +152,7 @@ def _split_section(split: str, m: dict[str, Any], classes: list[str], plots: dic
     lines += ["", "Per class (n/a = undefined on this split, e.g. a class without positives):", ""]
     rows = [[c, m["per_class"][c]["support"], *(m["per_class"][c][k] for k, _ in _PER_CLASS)] for c in classes]
     lines += _table(["class", "support", *(label for _, label in _PER_CLASS)], rows)
+    lines += _pairwise_lines(m.get("pairwise_auc"))
     lines += _calibration_lines(m.get("calibration"), classes)
     lines += _outside_region_lines(m.get("outside_region"), m)
     lines += ["", "Confusion matrix (rows = true, columns = predicted):", ""]

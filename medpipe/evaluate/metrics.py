@@ -6,6 +6,7 @@ absent) is None and becomes `null` in metrics.json: it is never replaced by a ma
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from typing import Any
@@ -156,6 +157,27 @@ def _check_baseline_class(baseline_class: int | str | None, classes: list[str]) 
         raise ValueError(f"baseline_class index {baseline_class} is outside 0..{len(classes) - 1}")
 
 
+def _pairwise_auc(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, float | None]:
+    """One-vs-one ROC AUC per pair of classes (Hand & Till 2001: the mean of A(i|j) and A(j|i), each on the two
+    classes' images only; sklearn's `multi_class="ovo"` averages exactly these).
+
+    One-vs-rest AUCs hide where a model fails: when one class is separable by its source (mammo-ddsm's normals),
+    every one-vs-rest AUC is high while the two lesion classes may be told apart at chance. Keys "a_vs_b" in
+    class order; None where either class has no image.
+    """
+    pairs: dict[str, float | None] = {}
+    for i, j in itertools.combinations(range(len(classes)), 2):
+        both = (y_true == i) | (y_true == j)
+        key = f"{classes[i]}_vs_{classes[j]}"
+        if not (y_true == i).any() or not (y_true == j).any():
+            pairs[key] = None
+            continue
+        a_ij = roc_auc_score(y_true[both] == i, probs[both, i])
+        a_ji = roc_auc_score(y_true[both] == j, probs[both, j])
+        pairs[key] = float((a_ij + a_ji) / 2)
+    return pairs
+
+
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
                     baseline_class: int | str | None = None) -> dict[str, Any]:
     """Metrics of one split (the `splits.<name>` object of metrics.json).
@@ -170,7 +192,8 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
 
     Returns:
         dict with n, accuracy, balanced_accuracy, f1_weighted, f1_macro, macro_auc (mean one-vs-rest AUC over
-        the classes that have positives and negatives; None if none has), per_class, confusion_matrix
+        the classes that have positives and negatives; None if none has), pairwise_auc (one-vs-one, per pair of
+        classes), per_class, confusion_matrix
         (rows = true, columns = predicted, in `classes` order) and baseline.
 
     Raises:
@@ -190,6 +213,7 @@ def compute_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
         "n": int(y_true.size),
         **_aggregate(y_true, y_pred),
         "macro_auc": macro_auc,
+        "pairwise_auc": _pairwise_auc(y_true, probs, classes),
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(len(classes)))).tolist(),
         "baseline": _baseline(y_true, classes, baseline_class, macro_auc),
@@ -200,7 +224,8 @@ def flatten_metrics(split_metrics: dict[str, Any]) -> dict[str, float | None]:
     """One split's metrics as flat names, the ones gate thresholds use.
 
     `macro_auc`, `balanced_accuracy`, `accuracy`, `f1_weighted`, `f1_macro`, `n`; per class `recall_<c>`,
-    `precision_<c>`, `f1_<c>`, `support_<c>`, `auc_<c>`, `ap_<c>`; `baseline_<metric>` for the baseline; and
+    `precision_<c>`, `f1_<c>`, `support_<c>`, `auc_<c>`, `ap_<c>`; per pair of classes `auc_<a>_vs_<b>` (one-vs-
+    one, e.g. `auc_benign_vs_cancer`); `baseline_<metric>` for the baseline; and
     `<metric>_ci_low` / `<metric>_ci_high` for each metric with a patient-bootstrap interval (`macro_auc`,
     `balanced_accuracy`: the bounds of `confidence_intervals.<metric>`). The bounds are always there, None where
     the split has no interval: bootstrap off (evaluate.bootstrap_resamples 0), metric undefined, or a
@@ -219,6 +244,8 @@ def flatten_metrics(split_metrics: dict[str, Any]) -> dict[str, float | None]:
     for name, values in split_metrics.get("per_class", {}).items():
         for key, prefix in _FLAT_PER_CLASS.items():
             flat[f"{prefix}_{name}"] = _none_if_nan(values.get(key))
+    for pair, value in (split_metrics.get("pairwise_auc") or {}).items():
+        flat[f"auc_{pair}"] = _none_if_nan(value)
     baseline = split_metrics.get("baseline", {})
     for key in BASELINE_KEYS:
         flat[f"baseline_{key}"] = _none_if_nan(baseline.get(key))

@@ -181,6 +181,7 @@ def test_evaluate_model_end_to_end(trained):
     assert "| decision | under equal class priors: logit offsets normal +3.16, benign -0.24, cancer -0.52" in card
     lo, hi = val["confidence_intervals"]["macro_auc"]
     assert f"macro AUC (one-vs-rest) {lo:.3f}–{hi:.3f}" in card
+    assert f"benign vs cancer {val['pairwise_auc']['benign_vs_cancer']:.3f}" in card
     assert "not a medical device" in card
     assert card.count("This split chose the checkpoint") == 1  # under val only, not under test
     assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))

@@ -69,6 +69,24 @@ def test_hand_computed_auc_ap_and_confusion():
     assert m["confusion_matrix"] == [[1, 1], [1, 1]]
 
 
+def test_pairwise_auc_shows_the_pair_that_one_vs_rest_hides():
+    """Normals perfectly separated, benign and cancer scored alike: every one-vs-rest AUC is far above chance,
+    the benign-vs-cancer pair is exactly 0.5; the mean of the pairs is sklearn's one-vs-one macro AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([0] * 8 + [1] * 4 + [2] * 4)
+    probs = np.array([[0.9, 0.05, 0.05]] * 8 + [[0.1, 0.45, 0.45]] * 8)
+    m = compute_metrics(y, probs, CLASSES)
+    assert min(c["roc_auc"] for c in m["per_class"].values()) >= 0.66
+    assert m["pairwise_auc"] == {"normal_vs_benign": 1.0, "normal_vs_cancer": 1.0, "benign_vs_cancer": 0.5}
+    rng = np.random.default_rng(0)
+    noisy = rng.dirichlet(np.ones(3), size=16)
+    pairs = compute_metrics(y, noisy, CLASSES)["pairwise_auc"]
+    assert np.mean(list(pairs.values())) == pytest.approx(roc_auc_score(y, noisy, multi_class="ovo"))
+    assert flatten_metrics(m)["auc_benign_vs_cancer"] == 0.5
+    assert compute_metrics(np.array([0, 0, 1]), probs[:3], CLASSES)["pairwise_auc"]["benign_vs_cancer"] is None
+
+
 def test_class_without_positives_is_null_not_invented():
     y = np.array([0, 0, 1, 1])
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
