@@ -179,7 +179,7 @@ def _refresh_ema_batchnorm(state: TrainingState, cfg: Config, device: str) -> No
     memory_format = torch.channels_last if is_cuda(device) else torch.contiguous_format
     batches = (state.x_train[idx[i:i + batch]].float().contiguous(memory_format=memory_format)
                for i in range(0, count, batch))
-    # bf16 on CUDA as in training (BatchNorm itself runs in fp32 under autocast); ~1/6 of an epoch's compute.
+    # bf16 on CUDA as in training (BatchNorm itself runs in fp32 under autocast).
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=is_cuda(device)):
         update_bn(batches, state.ema.module)
 

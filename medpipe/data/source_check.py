@@ -82,7 +82,8 @@ def check_source_confounds(items: list[tuple[str, str, dict[str, str]]], classes
         ({attribute: {"balanced_accuracy": {class: value}, "values": {class: {value: count, top 3}}}}, findings).
     """
     labels = [label for _, label, _ in items]
-    classes = [c for c in classes if c in set(labels)]
+    present = set(labels)
+    classes = [c for c in classes if c in present]
     stats: dict[str, Any] = {}
     findings: list[ConfoundFinding] = []
     if len(classes) < 2:
