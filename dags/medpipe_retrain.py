@@ -1,12 +1,12 @@
 """
 ### medpipe_retrain — retrain the normal / benign / cancer classifier and publish a better model
 
-Every run: resolve the config → validate the dataset → build the decoded-image cache → train the custom CNN
-and ResNet-18 side by side (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`) → evaluate both → gate the better one
-(absolute thresholds, majority-class baseline, not worse than the current champion) → export it to ONNX
-(parity-checked against torch) → stage its version folder (ONNX, metrics, model card, plots, gate decision,
-config) → publish it to the model store and move the champion pointer. The publish task's "Model page" link
-opens the version in the Models page (Browse → Models).
+One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run`, `medpipe gate`,
+`medpipe export` and `medpipe publish` run: `start` (resolve the config, check the pretrained weights, hash the
+dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`,
+the models side by side) → `evaluate_<model>` → `summarize` → `gate` → `export` (side files first, model.onnx
+last, parity-checked against torch) → `publish` (to the model store, champion pointer last). The publish task's
+"Model page" link opens the version in the Models page (Browse → Models).
 
 A failed gate is not an error: `gate_passed` short-circuits, export and publish are skipped, the champion
 stays, and the reasons are in the `gate` task's log and XCom (and in `gate.json` of the run folder).
@@ -14,78 +14,28 @@ Publishing updates the Asset `medpipe://champion`, which schedules `medpipe_scor
 
 **Params**: `data_root` (train/val[/test]/<class>/ images), `config` (YAML; empty = packaged defaults),
 `overrides` (`section.key=value` strings), `store_uri` (directory or `s3://bucket/prefix`), `work_root`.
-Outputs of a run live in `<work_root>/<run id>/`, so a retried task rewrites its own files. Each task body
-imports medpipe inside the task and calls one medpipe stage function (see docs/stages.md).
+A run's folder is `<work_root>/<run id>/`, laid out as `medpipe run` lays out its `--out` (medpipe.run_folder);
+a retried task finds its stage's finished outputs there and does not redo them. Each task calls one medpipe stage
+(docs/stages.md).
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import Param, dag, task
 
+from medpipe.stages import STAGES
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import common_params, default_args, load_run_config, resolve_config, run_dir
+from medpipe_plugin.dag_common import common_params, default_args, run_stage_task, start
 from medpipe_plugin.operators import PublishModelOperator
 
 _logger = logging.getLogger(__name__)
 
-MODEL_NAMES = ("custom_cnn", "resnet18")
+MODEL_NAMES = ("custom_cnn", "resnet18")  # a task pair each; a model the run's models.names leaves out is skipped
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=30))
-
-
-@task
-def validate_data(config_path: str) -> str:
-    """Check the dataset; errors (unreadable files, leakage, missing splits ...) fail the run without retries."""
-    from medpipe.data.validate import validate_dataset
-
-    data_root = get_current_context()["params"]["data_root"]
-    report = validate_dataset(data_root, load_run_config(config_path), run_dir() / "validation")
-    if not report.ok:  # bad data does not get better by retrying
-        raise AirflowFailException(f"dataset {data_root} failed validation ({len(report.errors)} errors); "
-                                   f"see {report.md_path}")
-    return str(report.json_path)
-
-
-@task
-def build_cache(config_path: str) -> str:
-    """Decode every image once at training size; reused by later runs while the dataset is unchanged."""
-    from medpipe.data.cache import build_cache as _build_cache
-
-    return str(_build_cache(get_current_context()["params"]["data_root"], load_run_config(config_path)))
-
-
-@task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue())
-def train(model_name: str, cache_dir: str, config_path: str) -> str:
-    """Train one model; a retry resumes from the last epoch checkpoint of the failed try."""
-    from medpipe.train import train_model
-
-    out_dir = run_dir() / "models" / model_name
-    return str(train_model(cache_dir, model_name, load_run_config(config_path), out_dir,
-                           resume=(out_dir / "last.pt").exists()))
-
-
-@task
-def evaluate(model_dir: str, cache_dir: str, config_path: str) -> str:
-    """Metrics (val + test), plots and the model card of one trained model; returns metrics.json."""
-    from medpipe.evaluate import evaluate_model
-
-    return str(evaluate_model(Path(model_dir) / "best.pt", cache_dir, load_run_config(config_path), Path(model_dir) / "eval"))
-
-
-@task
-def gate(metrics_paths: dict[str, str], cache_dir: str, config_path: str) -> dict[str, Any]:
-    """Pick the challenger and check it against thresholds, the baseline and the current champion."""
-    from medpipe.gate import gate_models
-    from medpipe.store import open_store
-
-    cfg = load_run_config(config_path)
-    return gate_models({name: Path(p) for name, p in metrics_paths.items()}, cfg, run_dir() / "gate.json",
-                       store=open_store(cfg.store), cache_dir=Path(cache_dir))
 
 
 @task.short_circuit
@@ -100,37 +50,26 @@ def gate_passed(decision: dict[str, Any]) -> bool:
     return False
 
 
-def _version() -> str:
-    context = get_current_context()
-    return settings.model_version(context["run_id"], context["dag_run"].run_after)
+def _wire(upstream: list[Any], tasks: list[Any]) -> None:
+    """Per-model chains run side by side (train_m -> evaluate_m); otherwise every upstream task comes first."""
+    if len(upstream) == len(tasks) > 1:
+        for before, after in zip(upstream, tasks):
+            before >> after
+    else:
+        for before in upstream:
+            before >> tasks
 
 
-@task
-def export(decision: dict[str, Any], model_dirs: dict[str, str], metrics_paths: dict[str, str], cache_dir: str,
-           config_path: str) -> str:
-    """Export the challenger to ONNX with its version in the metadata; refused when ONNX and torch disagree."""
-    from medpipe.export import export_onnx
-
-    name = decision["challenger"]
-    return str(export_onnx(Path(model_dirs[name]) / "best.pt", cache_dir, load_run_config(config_path),
-                           run_dir() / "release" / "model.onnx", metrics_path=metrics_paths[name],
-                           version=_version()))
-
-
-@task
-def stage_release(onnx_path: str, decision: dict[str, Any], metrics_paths: dict[str, str],
-                  config_path: str) -> dict[str, str]:
-    """Gather what a registry version holds beside model.onnx: metrics, model card, plots, gate decision, config.
-
-    The same folder `medpipe export` writes for `medpipe publish`; copies (atomic), so the run folder can be
-    cleaned without touching what was staged.
-    """
-    from medpipe.release import stage_release_files
-
-    release = Path(onnx_path).parent
-    eval_dir = Path(metrics_paths[decision["challenger"]]).parent
-    stage_release_files(eval_dir, release, run_dir() / "gate.json", config_path)
-    return {"version_dir": str(release), "model_name": decision["challenger"], "version": _version()}
+def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
+    """The task(s) of one medpipe stage: one per model for per-model stages."""
+    if stage.name == "publish":  # an operator, for its "Model page" extra link
+        return [PublishModelOperator(task_id="publish", run_dir=run_root, outlets=[settings.CHAMPION_ASSET])]
+    placement = {"pool": settings.gpu_pool(), "pool_slots": 1, "queue": settings.gpu_queue()} if stage.gpu else {}
+    if stage.per_model:
+        return [run_stage_task.override(task_id=f"{stage.name}_{model}", **placement)(stage.name, model)
+                for model in MODEL_NAMES]
+    # After per-model stages: go on when at least one model ran and none failed (a model left out is skipped).
+    return [run_stage_task.override(task_id=stage.name, trigger_rule="none_failed_min_one_success")(stage.name)]
 
 
 @dag(
@@ -148,20 +87,15 @@ def stage_release(onnx_path: str, decision: dict[str, Any], metrics_paths: dict[
     },
 )
 def medpipe_retrain() -> None:
-    config_path = resolve_config()
-    cache_dir = build_cache(config_path)
-    validate_data(config_path) >> cache_dir
-    model_dirs = {name: train.override(task_id=f"train_{name}")(name, cache_dir, config_path) for name in MODEL_NAMES}
-    metrics = {name: evaluate.override(task_id=f"evaluate_{name}")(model_dirs[name], cache_dir, config_path)
-               for name in MODEL_NAMES}
-    decision = gate(metrics, cache_dir, config_path)
-    onnx_path = export(decision, model_dirs, metrics, cache_dir, config_path)
-    gate_passed(decision) >> onnx_path
-    PublishModelOperator(
-        task_id="publish",
-        release=stage_release(onnx_path, decision, metrics, config_path),
-        config_path=config_path,
-        outlets=[settings.CHAMPION_ASSET],
-    )
+    run_root = start()
+    upstream = [run_root]
+    for stage in STAGES[1:]:
+        tasks = _stage_tasks(stage, run_root)
+        _wire(upstream, tasks)
+        if stage.name == "gate":  # export and publish only for a challenger that passed
+            passed = gate_passed(tasks[0])
+            tasks = [passed]
+        upstream = tasks
+
 
 medpipe_retrain()

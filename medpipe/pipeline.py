@@ -1,4 +1,4 @@
-"""`medpipe run`: validate -> cache -> train each model -> evaluate each -> a comparison summary."""
+"""The run's summary: every model's metrics beside the majority baseline, and the best against the runner-up."""
 
 from __future__ import annotations
 
@@ -6,28 +6,25 @@ import json
 import logging
 from pathlib import Path
 
-from medpipe.config import Config, save_config
 from medpipe.fileio import atomic_write_text
 
-__all__ = ["run_pipeline", "summarize_models", "PipelineError"]
+__all__ = ["summarize_models", "render_summary_markdown"]
 
 _logger = logging.getLogger(__name__)
 _SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "macro_auc")
 
 
-class PipelineError(RuntimeError):
-    """A stage refused to go on (e.g. validation found hard errors)."""
-
-
 def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
                      patient_pattern: str | None = None, resamples: int = 1000,
-                     data_root: str | Path | None = None) -> Path:
+                     data_root: str | Path | None = None, relative_to: str | Path | None = None) -> Path:
     """Write summary.json / summary.md: each model's metrics on `split` beside the majority-class baseline.
 
     With two or more models, the best (by macro AUC) is compared with the runner-up on the same images by a
     paired patient bootstrap (`patient_pattern` = data.patient_id_pattern; file stems when None), which is
     what says whether the split separates them; the separate intervals overlap far more often than that.
-    `data_root` is recorded, so that `medpipe gate` / `export` on this run need no --data.
+    `data_root` is recorded, so that `medpipe gate` / `export` on this run need no --data. The metrics files are
+    recorded relative to `relative_to` (the run folder) when given, so a summary does not depend on where the run
+    folder lies.
     """
     rows, baseline = {}, None
     for name, path in metrics_paths.items():
@@ -44,11 +41,15 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
     paired = (_paired_best_vs_runner_up(metrics_paths, split, ranked[0], ranked[1], patient_pattern, resamples)
               if len(ranked) >= 2 and resamples > 0 else None)
     summary = {"split": split, "models": rows, "baseline": baseline, "best_by_macro_auc": ranked[0] if ranked else None,
-               "best_vs_runner_up": paired, "metrics_files": {n: str(p) for n, p in metrics_paths.items()},
+               "best_vs_runner_up": paired, "metrics_files": {n: _relative(p, relative_to) for n, p in metrics_paths.items()},
                "data_root": str(Path(data_root).resolve()) if data_root is not None else None}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     atomic_write_text(out_dir / "summary.md", render_summary_markdown(summary))
     return out_dir / "summary.json"
+
+
+def _relative(path: str | Path, root: str | Path | None) -> str:
+    return str(path) if root is None else Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
 
 
 def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: str, runner_up: str,
@@ -124,35 +125,3 @@ def render_summary_markdown(summary: dict) -> str:
               "(percentile bootstrap over patients). Accuracy alone proves nothing on imbalanced data: compare "
               "balanced accuracy and per-class recall with the baseline.", ""]
     return "\n".join(lines)
-
-
-def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
-    """Run every core stage on one dataset; everything is written under out_dir.
-
-    Returns:
-        out_dir/summary.json.
-    """
-    from medpipe.data.cache import build_cache
-    from medpipe.data.validate import format_validation_summary, validate_dataset
-    from medpipe.evaluate import evaluate_model
-    from medpipe.models import check_pretrained_weights
-    from medpipe.train import train_model
-
-    check_pretrained_weights(cfg)  # fail before validation and hours of training, not between the two models
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    report = validate_dataset(data_root, cfg, out_dir / "validation")
-    _logger.info("validation:\n%s", format_validation_summary(report))
-    if not report.ok:
-        raise PipelineError(f"validation found errors; see {report.md_path}\n{format_validation_summary(report)}")
-    cache_dir = build_cache(data_root, cfg)
-    metrics_paths = {}
-    for name in cfg.models.names:
-        model_dir = out_dir / "models" / name
-        done = (model_dir / "history.json").is_file()
-        if not done:
-            train_model(cache_dir, name, cfg, model_dir, resume=resume and (model_dir / "last.pt").exists())
-        metrics_paths[name] = evaluate_model(model_dir / "best.pt", cache_dir, cfg, model_dir / "eval")
-    return summarize_models(metrics_paths, cfg.evaluate.select_split, out_dir, cfg.data.patient_id_pattern,
-                            cfg.evaluate.bootstrap_resamples, data_root=data_root)

@@ -21,6 +21,7 @@ from medpipe.config import Config, config_from_dict, config_to_dict, save_config
 from medpipe.data.cache import load_cache
 from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_device stays importable
 from medpipe.fileio import atomic_output, atomic_write_text
+from medpipe.interrupts import Interrupted
 
 __all__ = ["train_model", "load_checkpoint", "resolve_device", "class_weight_vector", "TrainingError"]
 
@@ -192,7 +193,13 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
         with atomic_output(out_dir / f"{kind}.pt") as tmp:
             torch.save(payload, tmp)
 
-    run_epochs(state, cfg, data, device, on_best=lambda: _save("best"), on_epoch_end=lambda: _save("last"))
+    try:
+        run_epochs(state, cfg, data, device, on_best=lambda: _save("best"), on_epoch_end=lambda: _save("last"))
+    except Interrupted as exc:  # say where it stopped and how to go on; last.pt holds the last finished epoch
+        exc.where = f"while training {model_name} at epoch {state.epoch + 1}"
+        exc.hint = (f"`--resume` continues from {last_path} (epoch {state.epoch})" if last_path.is_file()
+                    else "no epoch had finished; nothing to resume")
+        raise
     history_path = out_dir / "history.json"
     summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,

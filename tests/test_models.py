@@ -73,7 +73,7 @@ def test_imagenet_without_network_says_where_to_put_the_file(tmp_path, monkeypat
 def test_run_checks_pretrained_weights_before_validating_or_training(tmp_path):
     from medpipe_testdata import write_dataset
 
-    from medpipe.pipeline import run_pipeline
+    from medpipe.stages import run_pipeline
 
     data = write_dataset(tmp_path / "data", per_class=2, size=32)
     cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}",

@@ -9,6 +9,7 @@ import sys
 
 from medpipe import __version__
 from medpipe.config import ConfigError, load_config
+from medpipe.interrupts import Interrupted, on_signals
 
 __all__ = ["main", "build_parser", "add_common", "config_from_args"]
 
@@ -51,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with on_signals():
+            return int(args.func(args) or 0)
+    except Interrupted as exc:  # Ctrl-C, or SIGTERM from Airflow or a scheduler: one line, no traceback
+        print(f"medpipe: {exc.message()}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(f"medpipe: {exc}", file=sys.stderr)
         return 2

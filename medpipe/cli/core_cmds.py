@@ -76,12 +76,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from medpipe.cli import config_from_args
-    from medpipe.pipeline import render_summary_markdown, run_pipeline
+    from medpipe.pipeline import render_summary_markdown
+    from medpipe.run_folder import default_run_dir
+    from medpipe.stages import run_pipeline
 
     cfg = config_from_args(args)
-    summary_path = run_pipeline(args.data, cfg, args.out, resume=args.resume)
+    out = Path(args.out) if args.out else default_run_dir()
+    summary_path = run_pipeline(args.data, cfg, out, resume=args.resume)
     print(render_summary_markdown(json.loads(Path(summary_path).read_text())))
-    print(f"everything is under {Path(args.out).resolve()} (summary: {summary_path})")
+    print(f"everything is under {out.resolve()} (summary: {summary_path})")
+    print(f"next: medpipe gate --run {out}")
     return 0
 
 
@@ -135,7 +139,9 @@ def register(subparsers, add_common) -> None:
     p = subparsers.add_parser("run", help="validate -> train both models -> evaluate both -> summary",
                               description="The whole core pipeline on one dataset; everything under --out.")
     p.add_argument("--data", default="sample_data/mammo-ddsm-sample", help="dataset root (default: bundled sample)")
-    p.add_argument("--out", default="runs/latest", help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue interrupted trainings from last.pt")
+    p.add_argument("--out", help="run folder (default: a new runs/<UTC timestamp>); a folder holding another run "
+                   "is refused, nothing in it is rewritten")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same data, settings "
+                   "and code): finished stages are kept, training continues from last.pt")
     add_common(p)
     p.set_defaults(func=_cmd_run)

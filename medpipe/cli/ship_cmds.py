@@ -17,53 +17,24 @@ __all__ = ["register", "EXIT_GATED"]
 EXIT_GATED = 3
 
 
-def _run_config(args: argparse.Namespace):
-    """The run's own config.yaml (same image size, cache folder, classes) unless --config names another."""
+def _open_run(args: argparse.Namespace):
+    """The run folder named by --run and its config: the run's own config.yaml (same image size, cache folder,
+    classes), with --config replacing it and --set / --store on top."""
     from medpipe.cli import config_from_args
+    from medpipe.run_folder import RunFolder
 
-    run_config = Path(args.run) / "config.yaml"
-    if args.config is None and run_config.is_file():
-        args.config = str(run_config)
-    cfg = config_from_args(args)
+    run = RunFolder.open(args.run, data_root=getattr(args, "data", None))
+    cfg = config_from_args(args) if args.config is not None else run.config(args.set)
     if getattr(args, "store", None):
         cfg.store = dataclasses.replace(cfg.store, uri=args.store)
-    return cfg
-
-
-def _run_data_root(args: argparse.Namespace, run_dir: Path) -> Path:
-    """--data, or the dataset root the run recorded in summary.json (the cache is keyed by its content, and the
-    gate refuses a dataset whose manifest differs from the run's, so a changed folder cannot slip through)."""
-    if args.data:
-        return Path(args.data)
-    summary_path = run_dir / "summary.json"
-    recorded = json.loads(summary_path.read_text()).get("data_root") if summary_path.is_file() else None
-    if not recorded:
-        raise ValueError(f"{summary_path} does not record the run's dataset (a run folder from an older medpipe, "
-                         "or not a `medpipe run` folder); pass --data with the dataset root the run used")
-    if not Path(recorded).is_dir():
-        raise FileNotFoundError(f"the dataset this run used, {recorded} (from {summary_path}), no longer exists; "
-                                "pass --data with its new location")
-    return Path(recorded)
-
-
-def _metrics_paths(run_dir: Path, names: list[str]) -> dict[str, Path]:
-    paths = {name: run_dir / "models" / name / "eval" / "metrics.json" for name in names}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{run_dir} is not a complete `medpipe run` folder: missing {', '.join(missing)}")
-    return paths
+    return run, cfg
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from medpipe.data.cache import build_cache
-    from medpipe.gate import GATE_NAME, gate_models
-    from medpipe.store import open_store
+    from medpipe.stages import gate
 
-    cfg = _run_config(args)
-    run_dir = Path(args.run)
-    paths = _metrics_paths(run_dir, list(cfg.models.names))
-    cache_dir = build_cache(_run_data_root(args, run_dir), cfg)
-    decision = gate_models(paths, cfg, run_dir / GATE_NAME, store=open_store(cfg.store), cache_dir=cache_dir)
+    run, cfg = _open_run(args)
+    decision = gate(run, cfg)
     champion = decision["champion"]
     print(f"challenger: {decision['challenger']} ({decision['primary_metric']} "
           f"{decision['challenger_metrics'][decision['primary_metric']]})")
@@ -72,44 +43,19 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     for check in decision["checks"]:
         print(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['name']}: {check['reason']}")
     print(f"{'PASSED' if decision['passed'] else 'GATED'}: {'; '.join(decision['reasons'])}")
-    print(f"decision: {run_dir / GATE_NAME}")
+    print(f"decision: {run.gate_path}")
     return 0 if decision["passed"] else EXIT_GATED
 
 
-def _export_model_name(args: argparse.Namespace, run_dir: Path) -> str:
-    if args.model:
-        return args.model
-    gate_path = run_dir / "gate.json"
-    if not gate_path.is_file():
-        raise FileNotFoundError(f"{gate_path} does not exist: run `medpipe gate --run {run_dir}` first, "
-                                "or name the model with --model")
-    decision: dict[str, Any] = json.loads(gate_path.read_text())
-    if not decision.get("passed"):
-        raise RuntimeError(f"{gate_path}: challenger {decision.get('challenger')} did not pass the gate "
-                           f"({'; '.join(decision.get('reasons', []))}); pass --model NAME to export it anyway")
-    return str(decision["challenger"])
-
-
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medpipe.data.cache import build_cache
-    from medpipe.export import export_onnx
-    from medpipe.registry import new_version_name, validate_name
-    from medpipe.release import stage_release_files
+    from medpipe.run_folder import ONNX_NAME, PARITY_NAME
+    from medpipe.stages import export
 
-    cfg = _run_config(args)
-    run_dir, out = Path(args.run), Path(args.out)
-    name = _export_model_name(args, run_dir)
-    version = validate_name(args.version or new_version_name(), "version")
-    target = out / "model.onnx"
-    if target.exists() and not args.overwrite:
-        raise RuntimeError(f"{target} already exists; choose another --out or pass --overwrite")
-    checkpoint = run_dir / "models" / name / "best.pt"
-    cache_dir = build_cache(_run_data_root(args, run_dir), cfg)
-    # Side files first and model.onnx last: a folder holding model.onnx is a finished export.
-    stage_release_files(run_dir / "models" / name / "eval", out, run_dir / "gate.json", run_dir / "config.yaml")
-    export_onnx(checkpoint, cache_dir, cfg, target, out / "metrics.json", version)
-    parity = json.loads((out / "parity.json").read_text())
-    print(f"exported {name} version {version} to {target}")
+    run, cfg = _open_run(args)
+    release = export(run, cfg, version=args.version, model=args.model, out_dir=args.out)
+    out, name, version = Path(release["version_dir"]), release["model_name"], release["version"]
+    parity = json.loads((out / PARITY_NAME).read_text())
+    print(f"exported {name} version {version} to {out / ONNX_NAME}")
     print(f"parity on {parity['images']} val images: max |Δ| {parity['max_abs_diff']:.2g} "
           f"(allowed {parity['atol']:.2g}), argmax mismatches {parity['argmax_mismatches']}")
     print(f"publish with: medpipe publish --version-dir {out} --model-name {name} --version {version}")
@@ -149,15 +95,16 @@ def register(subparsers: Any, add_common: Any) -> None:
 
     p = subparsers.add_parser(
         "export", help="ONNX export + parity check into a folder ready for `medpipe publish`",
-        description="Writes OUT/model.onnx, parity.json and copies metrics.json, model_card.md, plots/, gate.json "
-                    "and config.yaml from the run.")
+        description="Copies metrics.json, model_card.md, plots/, gate.json and config.yaml from the run, then "
+                    "writes parity.json and OUT/model.onnx (last). Running it again returns the export that is "
+                    "there; asking for another model or version there is refused.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
     p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); parity uses its "
                    "val images")
-    p.add_argument("--out", required=True, help="version folder to write")
+    p.add_argument("--out", help="version folder to write (default: RUN/release); an export there is never "
+                   "rewritten")
     p.add_argument("--model", choices=["custom_cnn", "resnet18"], help="default: the challenger in gate.json")
     p.add_argument("--version", help="version recorded in the model (default: UTC timestamp)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/model.onnx")
     add_common(p)
     p.set_defaults(func=_cmd_export)
 

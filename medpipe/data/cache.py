@@ -26,7 +26,8 @@ from medpipe.data.layout import Sample, discover
 from medpipe.fileio import sha256_file
 from medpipe.preprocess import PREPROCESS_VERSION, ImageError, load_image, preprocess_id
 
-__all__ = ["SplitArrays", "CachedDataset", "build_cache", "load_cache", "dataset_manifest", "cache_root"]
+__all__ = ["SplitArrays", "CachedDataset", "build_cache", "load_cache", "dataset_manifest", "cache_root",
+           "cache_dir_for", "is_complete"]
 
 _logger = logging.getLogger(__name__)
 _MANIFEST = "manifest.json"
@@ -53,6 +54,20 @@ class CachedDataset:
 
 def cache_root(cfg: Config) -> Path:
     return Path(os.path.expandvars(cfg.data.cache_dir)).expanduser()
+
+
+def cache_dir_for(manifest_hash: str, cfg: Config, cache_dir: str | Path | None = None) -> Path:
+    """The cache folder of a dataset (by its manifest hash) at cfg's image size and preprocessing; it exists only
+    once build_cache made it (check `is_complete`)."""
+    size = cfg.data.image_size
+    preprocessing = preprocess_id(cfg.data.largest_region_only)
+    key = hashlib.sha256(f"{manifest_hash}|{size}|{preprocessing}".encode()).hexdigest()[:20]
+    parent = Path(cache_dir).expanduser() if cache_dir is not None else cache_root(cfg)
+    return parent / f"{key}-{size}px"
+
+
+def is_complete(cache_dir: str | Path) -> bool:
+    return (Path(cache_dir) / _MANIFEST).is_file()
 
 
 def dataset_manifest(root: str | Path, cfg: Config) -> tuple[dict, list[Sample]]:
@@ -105,9 +120,8 @@ def build_cache(root: str | Path, cfg: Config, cache_dir: str | Path | None = No
     manifest, samples = dataset_manifest(root, cfg)
     size = cfg.data.image_size
     preprocessing = preprocess_id(cfg.data.largest_region_only)
-    key = hashlib.sha256(f"{manifest['manifest_hash']}|{size}|{preprocessing}".encode()).hexdigest()[:20]
-    parent = Path(cache_dir).expanduser() if cache_dir is not None else cache_root(cfg)
-    target = parent / f"{key}-{size}px"
+    target = cache_dir_for(manifest["manifest_hash"], cfg, cache_dir)
+    key, parent = target.name.split("-", 1)[0], target.parent
     if (target / _MANIFEST).is_file():
         _logger.info("reusing cache %s", target)
         return target

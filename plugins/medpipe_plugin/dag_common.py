@@ -1,4 +1,5 @@
-"""Pieces both medpipe DAGs use: retry policy, the run folder, and the task that resolves the config.
+"""Pieces the medpipe DAGs use: retry policy, the run folder, the task that resolves the config, and the two
+tasks the retraining DAG is made of (`start` and one `stage` task per medpipe stage).
 
 Kept here (not in medpipe) because they need the Airflow task context; medpipe itself never imports Airflow.
 """
@@ -10,13 +11,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from medpipe_plugin import settings
 
 if TYPE_CHECKING:
     from medpipe.config import Config
+    from medpipe.run_folder import RunFolder
 
-__all__ = ["default_args", "common_params", "run_dir", "load_run_config", "resolve_config"]
+__all__ = ["default_args", "common_params", "run_dir", "load_run_config", "resolve_config", "start",
+           "run_stage_task", "open_run"]
 
 
 def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str, Any]:
@@ -58,3 +62,54 @@ def resolve_config() -> str:
     overrides = settings.config_overrides(params["work_root"], params["store_uri"], params["overrides"])
     cfg = load_config(params["config"] or None, overrides)
     return str(save_config(cfg, run_dir() / "config.yaml"))
+
+
+def _run_config() -> Config:
+    from medpipe.config import load_config
+
+    params = get_current_context()["params"]
+    overrides = settings.config_overrides(params["work_root"], params["store_uri"], params["overrides"])
+    return load_config(params["config"] or None, overrides)
+
+
+@task
+def start() -> str:
+    """medpipe's first stage: resolve the config, check the pretrained weights, hash the dataset and make the run
+    folder (config.yaml, run.json). A retry of this run finds the same identity and goes on."""
+    from medpipe.stages import start_run
+
+    run = start_run(run_dir(), _run_config(), get_current_context()["params"]["data_root"], resume=True)
+    return str(run.root)
+
+
+def open_run() -> RunFolder:
+    """This DAG run's run folder, made by `start`."""
+    from medpipe.run_folder import RunFolder
+
+    return RunFolder.open(run_dir())
+
+
+def _jsonable(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+@task
+def run_stage_task(stage: str, model: str | None = None, **options: Any) -> Any:
+    """One medpipe stage on this run's folder (medpipe.stages.run_stage); its inputs and outputs are files there.
+
+    A model the run's config does not train (models.names) is skipped; a dataset that fails validation fails the
+    run at once, without retries: bad data does not get better by retrying.
+    """
+    from medpipe.stages import PipelineError, run_stage
+
+    run = open_run()
+    cfg = run.config()
+    if stage == "export":  # the registry version: sortable, unique per DAG run, the same on every retry
+        context = get_current_context()
+        options.setdefault("version", settings.model_version(context["run_id"], context["dag_run"].run_after))
+    if model is not None and model not in cfg.models.names:
+        raise AirflowSkipException(f"{model} is not in models.names {list(cfg.models.names)} of this run")
+    try:
+        return _jsonable(run_stage(stage, run, cfg, model, **options))
+    except PipelineError as exc:
+        raise AirflowFailException(str(exc)) from exc

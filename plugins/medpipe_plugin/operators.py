@@ -4,13 +4,12 @@ Why an operator and not a `@task`: an Airflow extra link belongs to an operator 
 (`operator_extra_links`). In Airflow 3 the worker calls each link's `get_link` after the task ran and stores
 the URL in XCom (key `_link_<LinkClass>`); the API server shows that URL on the task instance. A `@task`
 function is always a `_PythonDecoratedOperator`, whose class we do not own, so the publish step is this thin
-operator: `__init__` stores arguments, `execute` calls `medpipe.registry.publish_version` once.
+operator: `__init__` stores arguments, `execute` runs medpipe's publish stage once.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
@@ -48,30 +47,26 @@ class ModelPageLink(BaseOperatorLink):
 
 
 class PublishModelOperator(BaseOperator):
-    """Upload a staged version folder as `models/<model_name>/<version>/` and make it the champion.
+    """medpipe's publish stage: upload the run's export as `models/<model_name>/<version>/` and make it champion.
 
     Args:
-        release: `{"version_dir", "model_name", "version"}` (an XComArg from the staging task).
-        config_path: the run's resolved config; its `store` section names the store.
+        run_dir: the run folder (an XComArg from the `start` task); its release/ and its config's store are used.
     """
 
-    template_fields = ("release", "config_path")
+    template_fields = ("run_dir",)
     operator_extra_links = (ModelPageLink(),)
     ui_color = "#ffe8a3"
 
-    def __init__(self, *, release: dict[str, str] | Any, config_path: str | Any, **kwargs: Any) -> None:
+    def __init__(self, *, run_dir: str | Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.release = release
-        self.config_path = config_path
+        self.run_dir = run_dir
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from medpipe.config import load_config
-        from medpipe.registry import publish_version
-        from medpipe.store import open_store
+        from medpipe.run_folder import RunFolder
+        from medpipe.stages import run_stage
 
-        store = open_store(load_config(self.config_path).store)
-        result = publish_version(store, Path(self.release["version_dir"]), self.release["model_name"],
-                                 self.release["version"])
+        run = RunFolder.open(self.run_dir)
+        result = run_stage("publish", run, run.config())
         _logger.info("%s %s/%s at %s; champion updated: %s", result["status"], result["model_name"],
                      result["version"], result["uri"], result["champion_updated"])
         return result

@@ -1,0 +1,249 @@
+"""The retraining run as one ordered list of stages: `medpipe run` and the `medpipe_retrain` DAG are built from it.
+
+Each stage is a function of the run folder and the config (and the model, for per-model stages) that reads its
+inputs from the run folder and writes its outputs there (`medpipe.run_folder`). A stage whose outputs are complete
+returns them as they are, so a resumed run or a retried Airflow task never redoes or rewrites finished work.
+
+`medpipe run` runs the core stages in order (start ... summarize); `medpipe gate`, `medpipe export` and
+`medpipe publish` run the shipping stages; the DAG has one task per stage and per model, in the same order.
+
+Heavy modules (torch, the models, evaluation) are imported inside the stage functions: the CLI's `--help` and the
+DAG files import this module and must not pay torch's start-up time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medpipe.config import Config
+from medpipe.run_folder import RunFolder, RunFolderError
+
+__all__ = ["Stage", "STAGES", "CORE_STAGES", "PipelineError", "stage", "stage_task_ids", "run_stage",
+           "start_run", "run_pipeline", "validate", "cache", "train", "evaluate", "summarize", "gate", "export",
+           "publish"]
+
+_logger = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """A stage refused to go on (validation found hard errors, the gate did not pass before export, ...)."""
+
+
+def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: bool = False) -> RunFolder:
+    """The first stage: check the pretrained weights (a missing file stops the run in seconds, not after the first
+    model trained for an hour), hash the dataset's manifest, and open `out_dir` as this run's folder
+    (RunFolder.create: a folder holding another run is refused before anything is written)."""
+    from medpipe.data.cache import dataset_manifest
+    from medpipe.models import check_pretrained_weights  # torch stays off the start-up path
+
+    check_pretrained_weights(cfg)
+    manifest, _ = dataset_manifest(data_root, cfg)
+    return RunFolder.create(out_dir, cfg, data_root, manifest["manifest_hash"], resume=resume)
+
+
+def validate(run: RunFolder, cfg: Config) -> Path:
+    """validation/validation.{json,md}; raises PipelineError when a check of severity "error" fired."""
+    from medpipe.data.validate import format_validation_summary, validate_dataset
+
+    report = validate_dataset(run.data_root(), cfg, run.validation_dir)
+    _logger.info("validation:\n%s", format_validation_summary(report))
+    if not report.ok:
+        raise PipelineError(f"dataset {run.data_root()} failed validation ({len(report.errors)} errors); see "
+                            f"{report.md_path}\n{format_validation_summary(report)}")
+    return report.json_path
+
+
+def cache(run: RunFolder, cfg: Config) -> Path:
+    """The decoded-image cache of the run's dataset (shared between runs: keyed by the dataset's content)."""
+    from medpipe.data.cache import build_cache
+
+    return build_cache(run.data_root(), cfg)
+
+
+def _cache_dir(run: RunFolder, cfg: Config) -> Path:
+    """The cache the cache stage made, found from the run's identity without hashing the dataset again; built
+    when it is gone (a cleaned cache folder) or the run predates identities."""
+    from medpipe.data.cache import build_cache, cache_dir_for, is_complete
+
+    identity = run.identity()
+    if identity is not None and is_complete(found := cache_dir_for(identity.data_manifest_hash, cfg)):
+        return found
+    return build_cache(run.data_root(), cfg)
+
+
+def train(run: RunFolder, cfg: Config, model: str) -> Path:
+    """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted."""
+    from medpipe.train import train_model
+
+    if run.history_path(model).is_file():
+        _logger.info("%s is trained already (%s)", model, run.history_path(model))
+        return run.model_dir(model)
+    return train_model(_cache_dir(run, cfg), model, cfg, run.model_dir(model),
+                       resume=run.checkpoint(model, "last").is_file())
+
+
+def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
+    """models/<model>/eval/: metrics.json (last), predictions, plots, model card."""
+    from medpipe.evaluate import evaluate_model
+
+    if run.metrics_path(model).is_file():
+        return run.metrics_path(model)
+    return evaluate_model(run.checkpoint(model), _cache_dir(run, cfg), cfg, run.eval_dir(model))
+
+
+def summarize(run: RunFolder, cfg: Config) -> Path:
+    """summary.{json,md}: every model beside the majority baseline; marks the core run finished."""
+    from medpipe.pipeline import summarize_models
+
+    if run.finished:
+        return run.summary_path
+    return summarize_models(run.metrics_paths(list(cfg.models.names)), cfg.evaluate.select_split, run.root,
+                            cfg.data.patient_id_pattern, cfg.evaluate.bootstrap_resamples, data_root=run.data_root(),
+                            relative_to=run.root)
+
+
+def gate(run: RunFolder, cfg: Config) -> dict[str, Any]:
+    """gate.json: the challenger checked against thresholds, the baseline and the champion in cfg.store.
+
+    A decision once written is the run's decision: it is returned as recorded, never taken again (the champion
+    may have moved since; a new decision belongs to a new run).
+    """
+    import json
+
+    from medpipe.gate import gate_models
+    from medpipe.store import open_store
+
+    if run.gate_path.is_file():
+        _logger.info("%s holds the gate's decision already; returning it", run.gate_path)
+        return json.loads(run.gate_path.read_text())
+    return gate_models(run.metrics_paths(list(cfg.models.names)), cfg, run.gate_path, store=open_store(cfg.store),
+                       cache_dir=_cache_dir(run, cfg))
+
+
+def _gated_model(run: RunFolder) -> str:
+    import json
+
+    if not run.gate_path.is_file():
+        raise FileNotFoundError(f"{run.gate_path} does not exist: run `medpipe gate --run {run.root}` first, "
+                                "or name the model with --model")
+    decision = json.loads(run.gate_path.read_text())
+    if not decision.get("passed"):
+        raise PipelineError(f"{run.gate_path}: challenger {decision.get('challenger')} did not pass the gate "
+                            f"({'; '.join(decision.get('reasons', []))}); pass --model NAME to export it anyway")
+    return str(decision["challenger"])
+
+
+def export(run: RunFolder, cfg: Config, version: str | None = None, model: str | None = None,
+           out_dir: str | Path | None = None) -> dict[str, str]:
+    """release/ (or `out_dir`): the side files, then model.onnx last (a folder holding model.onnx is a finished
+    export), parity-checked against torch.
+
+    Args:
+        version: recorded in the ONNX metadata; default a UTC timestamp.
+        model: default the gate's challenger (which must have passed).
+        out_dir: default the run's release/ folder.
+
+    Returns:
+        {"version_dir", "model_name", "version"}: what `publish` takes. An export already there is returned as it
+        is when it matches the request, and refused when it does not.
+    """
+    from medpipe.export import export_onnx
+    from medpipe.registry import new_version_name, validate_name
+    from medpipe.release import read_release, stage_release_files
+
+    name = model or _gated_model(run)
+    out = Path(out_dir) if out_dir is not None else run.release_dir
+    existing = read_release(out)
+    if existing is not None:
+        if (model, version) != (None, None) and (name, version or existing["version"]) != (
+                existing["model_name"], existing["version"]):
+            raise RunFolderError(f"{out} holds the export of {existing['model_name']} version {existing['version']}; "
+                                 f"it is never rewritten (asked: {name} version {version}). Choose another --out")
+        return existing
+    version = validate_name(version or new_version_name(), "version")
+    stage_release_files(run.eval_dir(name), out, run.gate_path, run.config_path)
+    export_onnx(run.checkpoint(name), _cache_dir(run, cfg), cfg, out / "model.onnx", run.metrics_path(name), version)
+    return {"version_dir": str(out), "model_name": name, "version": version}
+
+
+def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) -> dict[str, Any]:
+    """Upload the release to cfg.store as models/<name>/<version>/ and move the champion pointer (last)."""
+    from medpipe.registry import publish_version
+    from medpipe.release import read_release
+    from medpipe.store import open_store
+
+    release = release or read_release(run.release_dir)
+    if release is None:
+        raise FileNotFoundError(f"{run.release_dir} holds no export: run `medpipe export --run {run.root}` first")
+    return publish_version(open_store(cfg.store), Path(release["version_dir"]), release["model_name"],
+                           release["version"])
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    func: Callable[..., Any]
+    per_model: bool = False  # one call (one DAG task) per model in cfg.models.names
+    gpu: bool = False  # holds a GPU: Airflow pool `gpu`
+    core: bool = True  # part of `medpipe run`; the rest are the shipping stages (gate, export, publish)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("start", start_run),
+    Stage("validate", validate),
+    Stage("cache", cache),
+    Stage("train", train, per_model=True, gpu=True),
+    Stage("evaluate", evaluate, per_model=True),
+    Stage("summarize", summarize),
+    Stage("gate", gate, core=False),
+    Stage("export", export, core=False),
+    Stage("publish", publish, core=False),
+)
+CORE_STAGES = tuple(s for s in STAGES if s.core)
+
+
+def stage(name: str) -> Stage:
+    for candidate in STAGES:
+        if candidate.name == name:
+            return candidate
+    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+
+
+def stage_task_ids(models: list[str] | tuple[str, ...], stages: tuple[Stage, ...] = STAGES) -> list[str]:
+    """The DAG's task ids in stage order: `<stage>` or `<stage>_<model>` for per-model stages."""
+    return [f"{s.name}_{m}" if s.per_model else s.name for s in stages for m in (models if s.per_model else [None])]
+
+
+def run_stage(name: str, run: RunFolder, cfg: Config, model: str | None = None, **options: Any) -> Any:
+    """Run one stage (one DAG task): per-model stages need `model`, the others refuse one."""
+    selected = stage(name)
+    if selected.func is start_run:
+        raise ValueError("the start stage makes the run folder: call start_run(out_dir, cfg, data_root)")
+    if selected.per_model != (model is not None):
+        raise ValueError(f"stage {name} " + ("runs once per model: name the model" if selected.per_model
+                                             else f"is not per model (got model {model!r})"))
+    args = (run, cfg, model) if selected.per_model else (run, cfg)
+    return selected.func(*args, **options)
+
+
+def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
+    """`medpipe run`: the core stages in order, everything under out_dir.
+
+    Refused before anything is written when out_dir holds another run (RunFolder.create). A finished run with
+    the same identity is returned as it is; with `resume`, an interrupted one continues where it stopped.
+
+    Returns:
+        out_dir/summary.json.
+    """
+    run = start_run(out_dir, cfg, data_root, resume=resume)
+    if run.finished:
+        return run.summary_path
+    for selected in CORE_STAGES[1:]:  # after start
+        for model in (cfg.models.names if selected.per_model else [None]):
+            _logger.info("stage %s%s", selected.name, f" ({model})" if model else "")
+            run_stage(selected.name, run, cfg, model)
+    return run.summary_path
