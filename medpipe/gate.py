@@ -260,7 +260,7 @@ def _check_same_data(metrics: dict[str, dict[str, Any]], cache_dir: Path | None)
 
 
 def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Path, store: Any = None,
-                cache_dir: str | Path | None = None) -> dict[str, Any]:
+                cache_dir: str | Path | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pick the challenger and decide whether it passes; writes the decision to `out_path` (gate.json).
 
     Args:
@@ -269,6 +269,7 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
         out_path: where gate.json goes.
         store: the model store holding the champion; None skips the champion comparison (reported).
         cache_dir: the current data cache, needed to re-score a champion on the same split.
+        settings: what the decision was taken under (gate section, store), recorded in the decision.
 
     Returns:
         The decision: {passed, challenger, challenger_metrics, champion, checks, reasons, first_run, ...}.
@@ -308,7 +309,7 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
                        for name, f in flat_by_model.items()},
         "challenger_metrics": flat, "champion": champion, "champion_comparison": comparison,
         "first_run": champion is None,
-        "tolerance": gate.champion_tolerance, "checks": checks, "reasons": reasons,
+        "tolerance": gate.champion_tolerance, "checks": checks, "reasons": reasons, "settings": settings,
     }
     atomic_write_text(out_path, json.dumps(decision, indent=2, allow_nan=False) + "\n")
     _logger.info("gate %s for %s: %s", "PASSED" if passed else "FAILED", challenger, "; ".join(reasons))

@@ -106,22 +106,38 @@ def summarize(run: RunFolder, cfg: Config) -> Path:
                             relative_to=run.root)
 
 
-def gate(run: RunFolder, cfg: Config) -> dict[str, Any]:
+def _gate_settings(cfg: Config) -> dict[str, Any]:
+    """What a gate decision depends on besides the run: its thresholds and the store holding the champion."""
+    from medpipe.config import config_to_dict
+
+    return {"gate": config_to_dict(cfg)["gate"], "store": cfg.store.uri}
+
+
+def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -> dict[str, Any]:
     """gate.json: the challenger checked against thresholds, the baseline and the champion in cfg.store.
 
-    A decision once written is the run's decision: it is returned as recorded, never taken again (the champion
-    may have moved since; a new decision belongs to a new run).
+    The run's decision is taken once: asked again with the same gate settings and store, the recorded decision
+    is returned (a retried task, a second look); with other settings it is refused, since export and the
+    registry rely on it. `decision_path` writes a what-if decision elsewhere (never over an existing file),
+    leaving the run's own as it is.
     """
     import json
 
     from medpipe.gate import gate_models
     from medpipe.store import open_store
 
-    if run.gate_path.is_file():
-        _logger.info("%s holds the gate's decision already; returning it", run.gate_path)
-        return json.loads(run.gate_path.read_text())
-    return gate_models(run.metrics_paths(list(cfg.models.names)), cfg, run.gate_path, store=open_store(cfg.store),
-                       cache_dir=_cache_dir(run, cfg))
+    target = Path(decision_path) if decision_path is not None else run.gate_path
+    if target.is_file():
+        recorded = json.loads(target.read_text())
+        if recorded.get("settings") not in (None, _gate_settings(cfg)) or decision_path is not None:
+            raise RunFolderError(f"{target} holds a gate decision already (taken with {recorded.get('settings')}); "
+                                 "it is never rewritten. Pass --decision NEW.json for a decision under other "
+                                 "settings, outside the run")
+        _logger.info("%s holds the gate's decision already; returning it", target)
+        return recorded
+    decision = gate_models(run.metrics_paths(list(cfg.models.names)), cfg, target, store=open_store(cfg.store),
+                           cache_dir=_cache_dir(run, cfg), settings=_gate_settings(cfg))
+    return decision
 
 
 def _gated_model(run: RunFolder) -> str:

@@ -53,15 +53,19 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
     challenger = gate["challenger"]
     assert "first run" in capsys.readouterr().out
 
-    out = tmp_path / "version"
-    assert main(["export", "--run", str(run), "--out", str(out), "--version", "v1"]) == 0
+    out = run / "release"  # export writes into the run folder by default
+    assert main(["export", "--run", str(run), "--version", "v1"]) == 0
     assert {"model.onnx", "parity.json", "metrics.json", "model_card.md", "gate.json", "config.yaml"} <= {
         p.name for p in out.iterdir()}
     assert list((out / "plots").glob("*.png"))
     assert json.loads((out / "parity.json").read_text())["model_name"] == challenger
     assert f"--model-name {challenger} --version v1" in capsys.readouterr().out
-    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(out)]) == 1  # never overwritten
-    assert "already exists" in capsys.readouterr().err
+    onnx_bytes = (out / "model.onnx").read_bytes()
+    assert main(["export", "--run", str(run), "--data", str(data)]) == 0  # the export that is there
+    assert f"exported {challenger} version v1" in capsys.readouterr().out
+    assert main(["export", "--run", str(run), "--version", "v2"]) == 1  # never rewritten
+    assert "never rewritten" in capsys.readouterr().err
+    assert (out / "model.onnx").read_bytes() == onnx_bytes
 
     publish = ["publish", "--version-dir", str(out), "--model-name", challenger, "--version", "v1"]
     assert main([*publish, "--store", str(local)]) == 0
@@ -91,17 +95,23 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
                  "--store", str(local)]) == 1
     assert "--resume" in capsys.readouterr().err
 
-    # A second gate finds the champion and re-scores it; impossible thresholds gate with exit code 3.
-    assert main(["gate", "--run", str(run), "--data", str(data), *s3_args, *loose]) == 0
-    gate = json.loads((run / "gate.json").read_text())
+    # The run's decision is taken once: the same request shows it, another is refused; --decision writes a what-if.
+    assert main(["gate", "--run", str(run), "--store", str(local), *loose]) == 0
+    assert "first run" in capsys.readouterr().out
+    assert main(["gate", "--run", str(run), *s3_args, *loose]) == 1
+    assert "never rewritten" in capsys.readouterr().err
+    # A second decision finds the champion and re-scores it; impossible thresholds gate with exit code 3.
+    what_if = tmp_path / "gate-s3.json"
+    assert main(["gate", "--run", str(run), "--data", str(data), "--decision", str(what_if), *s3_args, *loose]) == 0
+    gate = json.loads(what_if.read_text())
     assert gate["first_run"] is False and gate["champion"]["version"] == "v1"
     rescored = gate["champion"]["metrics"]["macro_auc"]
     assert rescored == pytest.approx(gate["candidates"][challenger]["primary"], abs=1e-6)
-    assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local),
-                 "--set", "gate.min_metrics={macro_auc: 1.01}"]) == 3
+    assert main(["gate", "--run", str(run), "--data", str(data), "--store", str(local), "--decision",
+                 str(tmp_path / "strict.json"), "--set", "gate.min_metrics={macro_auc: 1.01}"]) == 3
     assert "GATED" in capsys.readouterr().out
-    assert main(["export", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "v2")]) == 1
-    assert "did not pass the gate" in capsys.readouterr().err
+    assert json.loads((run / "gate.json").read_text())["passed"] is True  # the run's own decision is untouched
     data.rename(tmp_path / "moved")  # the recorded dataset is gone: say so, and how to go on
-    assert main(["gate", "--run", str(run), "--store", str(local), *loose]) == 1
+    assert main(["gate", "--run", str(run), "--store", str(local), "--decision", str(tmp_path / "g4.json"),
+                 *loose]) == 1
     assert "no longer exists; pass --data with its new location" in capsys.readouterr().err

@@ -34,7 +34,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     from medpipe.stages import gate
 
     run, cfg = _open_run(args)
-    decision = gate(run, cfg)
+    decision = gate(run, cfg, decision_path=args.decision)
     champion = decision["champion"]
     print(f"challenger: {decision['challenger']} ({decision['primary_metric']} "
           f"{decision['challenger_metrics'][decision['primary_metric']]})")
@@ -43,7 +43,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     for check in decision["checks"]:
         print(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['name']}: {check['reason']}")
     print(f"{'PASSED' if decision['passed'] else 'GATED'}: {'; '.join(decision['reasons'])}")
-    print(f"decision: {run.gate_path}")
+    print(f"decision: {args.decision or run.gate_path}")
     return 0 if decision["passed"] else EXIT_GATED
 
 
@@ -86,10 +86,14 @@ def register(subparsers: Any, add_common: Any) -> None:
     p = subparsers.add_parser(
         "gate", help="pick the challenger of a run and decide pass/fail; writes RUN_DIR/gate.json",
         description="Absolute thresholds, the majority baseline and the champion re-scored on the same split. "
+                    "The run's decision (RUN/gate.json) is taken once: asked again with the same settings it is "
+                    "shown as recorded, with others refused (use --decision). "
                     "Exit 0: passed; 3: gated (gate.json lists the reasons); 1: error.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
     p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); its cache is reused")
     p.add_argument("--store", metavar="URI", help="model store holding the champion (default: store.uri)")
+    p.add_argument("--decision", metavar="FILE", help="write a what-if decision here instead of RUN/gate.json, "
+                   "which is taken once and never rewritten (the run's export follows it)")
     add_common(p)
     p.set_defaults(func=_cmd_gate)
 

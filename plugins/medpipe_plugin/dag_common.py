@@ -94,7 +94,7 @@ def _jsonable(value: Any) -> Any:
 
 
 @task
-def run_stage_task(stage: str, model: str | None = None, **options: Any) -> Any:
+def run_stage_task(stage: str, model: str | None = None) -> Any:
     """One medpipe stage on this run's folder (medpipe.stages.run_stage); its inputs and outputs are files there.
 
     A model the run's config does not train (models.names) is skipped; a dataset that fails validation fails the
@@ -104,9 +104,10 @@ def run_stage_task(stage: str, model: str | None = None, **options: Any) -> Any:
 
     run = open_run()
     cfg = run.config()
+    options: dict[str, Any] = {}  # not **kwargs: a TaskFlow function's **kwargs receives the Airflow context
     if stage == "export":  # the registry version: sortable, unique per DAG run, the same on every retry
         context = get_current_context()
-        options.setdefault("version", settings.model_version(context["run_id"], context["dag_run"].run_after))
+        options["version"] = settings.model_version(context["run_id"], context["dag_run"].run_after)
     if model is not None and model not in cfg.models.names:
         raise AirflowSkipException(f"{model} is not in models.names {list(cfg.models.names)} of this run")
     try:

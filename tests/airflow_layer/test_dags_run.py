@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from medpipe_testdata import write_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PUBLISH_TASKS = {"export", "stage_release", "publish"}
+PUBLISH_TASKS = {"export", "publish"}
 # A few seconds of CPU training that passes the DEFAULT gate (macro AUC >= 0.80, balanced accuracy >= 0.55, cancer
 # recall >= 0.40, beats the baseline) with margin. The synthetic classes are balanced, so no class weights and no
 # weighted sampling: after a dozen steps they make a model answer one class whatever it ranks (balanced accuracy
@@ -27,8 +28,9 @@ PUBLISH_TASKS = {"export", "stage_release", "publish"}
 FAST_TRAINING = ["data.image_size=32", "train.epochs=3", "train.batch_size=8", "train.patience=5", "train.device=cpu",
                  "train.class_weights=none", "train.weighted_sampling=false", "augment.enabled=false",
                  "models.resnet18.weights=none"]
-# Learning rate 0 everywhere (ResNet-18 has its own head/backbone rates): both models stay at their random init.
-UNTRAINED = ["train.lr=0", "models.resnet18.head_lr=0", "models.resnet18.backbone_lr=0"]
+# A learning rate of 1e-12 everywhere (ResNet-18 has its own head/backbone rates; 0 is not a valid rate): both
+# models stay at their random init.
+UNTRAINED = ["train.lr=1e-12", "models.resnet18.head_lr=1e-12", "models.resnet18.backbone_lr=1e-12"]
 
 
 def _fast_overrides(endpoint_url: str) -> list[str]:
@@ -101,8 +103,8 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
     assert str(worse.state) == "success", states
     assert {t: states[t] for t in ("gate", "gate_passed")} == {"gate": "success", "gate_passed": "success"}
     assert {states[t] for t in PUBLISH_TASKS} == {"skipped"}
-    decision = _xcoms(worse, "gate")
-    assert decision["return_value"]["passed"] is False
+    decision = _xcoms(worse, "gate")["return_value"]
+    assert decision["passed"] is False
     assert decision["reasons"] and any(not check["passed"] for check in decision["checks"])
     assert any(check["name"] == "not_worse_than_champion" for check in decision["checks"])
     assert read_champion(store) == champion
@@ -133,7 +135,38 @@ def test_invalid_dataset_fails_the_run_at_validation(tmp_path: Path) -> None:
         "work_root": str(tmp_path / "work"), "overrides": ["data.image_size=32"]})
     states = _states(dag_run)
     assert str(dag_run.state) == "failed"
-    assert states["validate_data"] == "failed"
-    assert {states[t] for t in ("build_cache", "train_resnet18", "gate", "publish")} == {"upstream_failed"}
+    assert states["validate"] == "failed"
+    assert {states[t] for t in ("cache", "train_resnet18", "gate", "publish")} == {"upstream_failed"}
     assert (tmp_path / "work" / run_folder_name(dag_run.run_id) / "validation" / "validation.md").is_file()
     assert not (tmp_path / "store").exists()
+
+
+def _relative_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_dag_and_the_cli_make_the_same_run_folder(no_retries, tmp_path: Path) -> None:
+    """One stage list behind both: `medpipe run` + `gate` + `export` and a DAG run on the same data and settings
+    write the same files (relative paths) and equal summaries."""
+    from medpipe.cli import main
+    from medpipe_plugin.settings import run_folder_name
+
+    data = write_dataset(tmp_path / "data", per_class=6, size=32)
+    settings = [*FAST_TRAINING, "export.parity_images=8", "evaluate.splits=[val]",
+                "gate.min_metrics={macro_auc: 0.0}", "gate.must_beat_baseline=false"]
+    dag_run = _dags()["medpipe_retrain"].test(run_conf={
+        "data_root": str(data), "config": "", "store_uri": str(tmp_path / "dag-store"),
+        "work_root": str(tmp_path / "work"), "overrides": settings})
+    assert str(dag_run.state) == "success", _states(dag_run)
+    dag_folder = tmp_path / "work" / run_folder_name(dag_run.run_id)
+
+    cli_folder = tmp_path / "cli-run"
+    sets = [arg for setting in [*settings, f"data.cache_dir={tmp_path / 'cli-cache'}"] for arg in ("--set", setting)]
+    assert main(["run", "--data", str(data), "--out", str(cli_folder), *sets]) == 0
+    assert main(["gate", "--run", str(cli_folder), "--store", str(tmp_path / "cli-store"), *sets]) == 0
+    assert main(["export", "--run", str(cli_folder), *sets]) == 0
+
+    assert _relative_files(dag_folder) == _relative_files(cli_folder)
+    dag_summary = json.loads((dag_folder / "summary.json").read_text())
+    assert dag_summary == json.loads((cli_folder / "summary.json").read_text())
+    assert set(dag_summary["models"]) == {"custom_cnn", "resnet18"}
