@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.extras import import_extra
+
 __all__ = ["DICOM_EXTENSIONS", "decode_dicom", "dicom_mode", "dicom_patient_id", "is_dicom_path", "looks_like_dicom"]
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 _PREAMBLE = 128  # a DICOM Part-10 file: 128-byte preamble, then b"DICM"
+
+
+def _import_pydicom():
+    """pydicom (the `dicom` extra), imported at the first DICOM file: PNG/JPEG datasets never need it."""
+    return import_extra("pydicom", "dicom", "reading DICOM files")
 
 
 def looks_like_dicom(path: str | Path) -> bool:
@@ -38,7 +45,7 @@ def is_dicom_path(path: Path) -> bool:
 
 def dicom_mode(path: str | Path) -> str:
     """How the pixels are stored, for validation reports: e.g. "DICOM MONOCHROME1 12-bit"."""
-    import pydicom
+    pydicom = _import_pydicom()
 
     header = pydicom.dcmread(path, stop_before_pixels=True)
     return (f"DICOM {header.get('PhotometricInterpretation', '?')} "
@@ -48,7 +55,7 @@ def dicom_mode(path: str | Path) -> str:
 def dicom_patient_id(path: str | Path) -> str | None:
     """The PatientID element (0010,0020), stripped; None when absent, empty or unreadable (decoding reports
     unreadable files)."""
-    import pydicom
+    pydicom = _import_pydicom()
 
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
@@ -98,7 +105,7 @@ def decode_dicom(path: str | Path, max_pixels: int, error_type: type[Exception])
         error_type: not DICOM, no pixel data, a multi-frame object, too large, or undecodable (the reason says
             which transfer syntax and what to install).
     """
-    import pydicom
+    pydicom = _import_pydicom()
     from pydicom.errors import InvalidDicomError
 
     path = Path(path)

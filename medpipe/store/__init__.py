@@ -11,6 +11,7 @@ import logging
 import urllib.parse
 
 from medpipe.config import StoreConfig
+from medpipe.extras import import_extra
 from medpipe.store import base
 from medpipe.store.base import (
     KEY_RULES,
@@ -45,7 +46,8 @@ def open_store(store_cfg: StoreConfig) -> Store:
         raise StoreError("store.uri is empty: give a local directory or s3://bucket/prefix")
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme == "s3":
-        # boto3 is imported only when an S3 store is used: local runs and DAG parsing stay light.
+        # boto3 (the `s3` extra) is imported only when an S3 store is used: local runs and DAG parsing stay light.
+        import_extra("boto3", "s3", f"store.uri {uri!r}")
         from medpipe.store.s3 import S3Store
 
         return S3Store(
