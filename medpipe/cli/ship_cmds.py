@@ -77,17 +77,19 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _export_model_name(args: argparse.Namespace, run_dir: Path) -> str:
+    from medpipe.contracts import read_gate_decision
+
     if args.model:
         return args.model
     gate_path = run_dir / "gate.json"
     if not gate_path.is_file():
         raise FileNotFoundError(f"{gate_path} does not exist: run `medpipe gate --run {run_dir}` first, "
                                 "or name the model with --model")
-    decision: dict[str, Any] = json.loads(gate_path.read_text())
-    if not decision.get("passed"):
-        raise RuntimeError(f"{gate_path}: challenger {decision.get('challenger')} did not pass the gate "
-                           f"({'; '.join(decision.get('reasons', []))}); pass --model NAME to export it anyway")
-    return str(decision["challenger"])
+    decision = read_gate_decision(gate_path)
+    if not decision.passed:
+        raise RuntimeError(f"{gate_path}: challenger {decision.challenger} did not pass the gate "
+                           f"({'; '.join(decision.reasons)}); pass --model NAME to export it anyway")
+    return decision.challenger
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
