@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medpipe.config import Config
+from medpipe.contracts import CheckpointMeta, read_metrics
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.onnx_runtime import check_prior_correction, create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
@@ -32,7 +34,6 @@ _logger = logging.getLogger(__name__)
 PARITY_NAME = "parity.json"
 INPUT_DESCRIPTION = "float32 raw pixels 0..255, single channel, shape (N, 1, H, W); N is dynamic"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SUMMARY_KEYS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "macro_auc")
 
 
 class ParityError(RuntimeError):
@@ -66,23 +67,22 @@ def _normalization(model: "torch.nn.Module") -> dict[str, float]:
 def _metrics_summary(metrics_path: Path | None, split: str = "val") -> dict[str, Any] | None:
     if metrics_path is None:
         return None
-    metrics = json.loads(Path(metrics_path).read_text())
-    values = (metrics.get("splits") or {}).get(split)
-    if values is None:
+    report = read_metrics(metrics_path)
+    if split not in report.splits:
         return None
-    summary = {k: values.get(k) for k in _SUMMARY_KEYS}
-    summary["recall"] = {c: m.get("recall") for c, m in values.get("per_class", {}).items()}
-    return {"split": split, **summary}
+    return {"split": split, "n": report.split(split).get("n"), **report.headline(split),
+            "recall": report.recall(split)}
 
 
-def model_metadata(model: "torch.nn.Module", meta: dict[str, Any], version: str,
+def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: str,
                    metrics_summary: dict[str, Any] | None) -> dict[str, str]:
     """The metadata_props of an exported model (keys documented in `medpipe.onnx_runtime.META_KEYS`).
 
     Args:
         model: the logits model (its Normalize buffers give mean/std).
-        meta: checkpoint meta (model_name, classes, image_size, manifest_hash, preprocess_version, and from
-            checkpoints that record them prior_correction, training_prior, train_class_counts).
+        meta: checkpoint meta, a `CheckpointMeta` or its dict (model_name, classes, image_size, manifest_hash,
+            preprocess_version, and from checkpoints that record them prior_correction, training_prior,
+            train_class_counts).
         version: the model version.
         metrics_summary: headline validation metrics, or None.
 
@@ -174,13 +174,13 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
             "provider": session.get_providers()[0], "batch_size": batch_size}
 
 
-def _parity_images(cache_dir: Path, meta: dict[str, Any], limit: int) -> np.ndarray:
+def _parity_images(cache_dir: Path, meta: CheckpointMeta, limit: int) -> np.ndarray:
     from medpipe.data.cache import load_cache
 
     data = load_cache(cache_dir)
-    if list(data.classes) != list(meta["classes"]) or int(data.image_size) != int(meta["image_size"]):
+    if list(data.classes) != meta.classes or int(data.image_size) != meta.image_size:
         raise ValueError(f"cache {cache_dir} holds classes {data.classes} at {data.image_size} px but the checkpoint "
-                         f"predicts {meta['classes']} at {meta['image_size']} px; use the cache it was trained on")
+                         f"predicts {meta.classes} at {meta.image_size} px; use the cache it was trained on")
     val = data.splits.get("val")
     if val is None or len(val.labels) == 0:
         raise ValueError(f"cache {cache_dir} has no val images: parity is checked on real validation images")
@@ -220,16 +220,16 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     metadata = model_metadata(model, meta, version, _metrics_summary(Path(metrics_path) if metrics_path else None))
     # The model appears at out_path only after it passed the checker and parity; a failure removes the temp.
     with atomic_output(out_path) as tmp:
-        export_module(model, tmp, int(meta["image_size"]), metadata, cfg.export.opset)
+        export_module(model, tmp, meta.image_size, metadata, cfg.export.opset)
         parity = check_parity(tmp, model, images, cfg.export.parity_atol)
         if not parity["passed"]:
             raise ParityError(
                 f"refusing to export {checkpoint}: ONNX Runtime vs torch on {parity['images']} validation images "
                 f"gives max |Δ probability| = {parity['max_abs_diff']:.3g} (allowed: export.parity_atol = "
                 f"{parity['atol']:.3g}) and {parity['argmax_mismatches']} different predicted classes (allowed: 0)")
-        parity.update({"onnx": out_path.name, "model_name": meta["model_name"], "version": version,
+        parity.update({"onnx": out_path.name, "model_name": meta.model_name, "version": version,
                        "checkpoint": Path(checkpoint).name, "split": "val"})
         atomic_write_text(out_path.parent / PARITY_NAME, json.dumps(parity, indent=2) + "\n")
-    _logger.info("exported %s (%s, version %s): parity max |Δ| %.2g on %d images", out_path, meta["model_name"],
+    _logger.info("exported %s (%s, version %s): parity max |Δ| %.2g on %d images", out_path, meta.model_name,
                  version, parity["max_abs_diff"], parity["images"])
     return out_path

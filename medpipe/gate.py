@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import Config
-from medpipe.fileio import atomic_write_text
+from medpipe.contracts import GateDecision, MetricsReport, read_metrics
 
 __all__ = ["GateError", "gate_models", "pick_challenger", "rescore_champion", "GATE_NAME"]
 
@@ -40,16 +40,15 @@ def _check(name: str, value: float | None, threshold: float | None, passed: bool
     return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), "reason": reason}
 
 
-def _load_flat(path: Path, split: str) -> tuple[dict[str, Any], Flat]:
+def _load_flat(path: Path, split: str) -> tuple[MetricsReport, Flat]:
     from medpipe.evaluate.metrics import flatten_metrics
 
     if not path.is_file():
         raise GateError(f"metrics file {path} does not exist; run `medpipe evaluate` first")
-    metrics = json.loads(path.read_text())
-    splits = metrics.get("splits") or {}
-    if split not in splits:
-        raise GateError(f"{path} has no metrics for split {split!r} (gate.split); it has {sorted(splits)}")
-    return metrics, flatten_metrics(splits[split])
+    report = read_metrics(path)
+    if split not in report.splits:
+        raise GateError(f"{path} has no metrics for split {split!r} (gate.split); it has {sorted(report.splits)}")
+    return report, flatten_metrics(report.split(split))
 
 
 def pick_challenger(flat_by_model: dict[str, Flat], primary: str) -> str:
@@ -243,10 +242,10 @@ def _champion_check(flat: Flat, champion: dict[str, Any], primary: str, toleranc
                   f"{theirs:.4f} (re-scored on the current split) minus tolerance {tolerance}")
 
 
-def _check_same_data(metrics: dict[str, dict[str, Any]], cache_dir: Path | None) -> list[str]:
+def _check_same_data(metrics: dict[str, MetricsReport], cache_dir: Path | None) -> list[str]:
     """Every model must have been evaluated on the same dataset version (and on the cache, when given)."""
-    hashes = {name: m.get("manifest_hash") for name, m in metrics.items()}
-    classes = {name: m.get("classes") for name, m in metrics.items()}
+    hashes = {name: m.manifest_hash for name, m in metrics.items()}
+    classes = {name: m.classes for name, m in metrics.items()}
     if len(set(hashes.values())) > 1 or len({json.dumps(c) for c in classes.values()}) > 1:
         raise GateError(f"the models were evaluated on different data: manifest hashes {hashes}, classes {classes}")
     if cache_dir is not None:
@@ -272,7 +271,8 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
         settings: what the decision was taken under (gate section, store), recorded in the decision.
 
     Returns:
-        The decision: {passed, challenger, challenger_metrics, champion, checks, reasons, first_run, ...}.
+        The decision as written: `medpipe.contracts.GateDecision.to_dict()` ({schema_version, passed, challenger,
+        challenger_metrics, champion, checks, reasons, first_run, ...}), a plain dict so that it travels by XCom.
 
     Raises:
         GateError: no thresholds configured, unknown metric names, a bootstrap bound as primary metric, missing
@@ -288,7 +288,7 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     classes = _check_same_data({name: m for name, (m, _) in loaded.items()}, cache_dir)
     challenger = pick_challenger(flat_by_model, gate.primary_metric)
     flat = flat_by_model[challenger]
-    checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0]["splits"][split])
+    checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0].split(split))
     if gate.must_beat_baseline:
         checks.append(_baseline_check(flat))
     rescored, notes = _find_champion(store, cache_dir, split, classes, cfg)
@@ -303,17 +303,17 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     passed = all(c["passed"] for c in checks)
     failed = [c["reason"] for c in checks if not c["passed"]]
     reasons = notes + (failed or [f"{challenger} passed all {len(checks)} checks"])
-    decision = {
-        "passed": passed, "challenger": challenger, "split": split, "primary_metric": gate.primary_metric,
-        "candidates": {name: {"primary": f.get(gate.primary_metric), "metrics": str(metrics_paths[name])}
-                       for name, f in flat_by_model.items()},
-        "challenger_metrics": flat, "champion": champion, "champion_comparison": comparison,
-        "first_run": champion is None,
-        "tolerance": gate.champion_tolerance, "checks": checks, "reasons": reasons, "settings": settings,
-    }
-    atomic_write_text(out_path, json.dumps(decision, indent=2, allow_nan=False) + "\n")
+    decision = GateDecision(
+        passed=passed, challenger=challenger, split=split, primary_metric=gate.primary_metric,
+        candidates={name: {"primary": f.get(gate.primary_metric), "metrics": str(metrics_paths[name])}
+                    for name, f in flat_by_model.items()},
+        challenger_metrics=flat, champion=champion, champion_comparison=comparison,
+        first_run=champion is None,
+        tolerance=gate.champion_tolerance, checks=checks, reasons=reasons, settings=settings,
+    )
+    decision.write(out_path)
     _logger.info("gate %s for %s: %s", "PASSED" if passed else "FAILED", challenger, "; ".join(reasons))
-    return decision
+    return decision.to_dict()
 
 
 def _find_champion(store: Any, cache_dir: Path | None, split: str, classes: list[str],

@@ -6,12 +6,13 @@ import json
 import logging
 from pathlib import Path
 
+from medpipe.contracts import HEADLINE_METRICS, read_metrics
 from medpipe.fileio import atomic_write_text
 
 __all__ = ["summarize_models", "render_summary_markdown"]
 
 _logger = logging.getLogger(__name__)
-_SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_weighted", "f1_macro", "macro_auc")
+_SUMMARY_METRICS = HEADLINE_METRICS
 
 
 def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
@@ -28,12 +29,11 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
     """
     rows, baseline = {}, None
     for name, path in metrics_paths.items():
-        metrics = json.loads(Path(path).read_text())
-        split_metrics = metrics["splits"].get(split)
-        if split_metrics is None:
+        report = read_metrics(path)
+        if split not in report.splits:
             continue
-        rows[name] = {k: split_metrics.get(k) for k in _SUMMARY_METRICS}
-        rows[name]["recall"] = {c: v.get("recall") for c, v in split_metrics["per_class"].items()}
+        split_metrics = report.split(split)
+        rows[name] = {**report.headline(split), "recall": report.recall(split)}
         ci = split_metrics.get("confidence_intervals") or {}
         rows[name]["intervals"] = {k: ci.get(k) for k in _SUMMARY_METRICS if ci.get(k)}
         baseline = split_metrics["baseline"]
@@ -61,7 +61,7 @@ def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: 
     from medpipe.evaluate import read_prediction_patients, read_predictions
     from medpipe.evaluate.uncertainty import paired_difference_intervals
 
-    classes = json.loads(Path(metrics_paths[best]).read_text())["classes"]
+    classes = read_metrics(metrics_paths[best]).classes
     a, b = (read_predictions(metrics_paths[name], split, classes) for name in (best, runner_up))
     if not a or not b or set(a) != set(b):
         return None

@@ -121,36 +121,35 @@ def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -
     registry rely on it. `decision_path` writes a what-if decision elsewhere (never over an existing file),
     leaving the run's own as it is.
     """
-    import json
-
+    from medpipe.contracts import read_gate_decision
     from medpipe.gate import gate_models
     from medpipe.store import open_store
 
     target = Path(decision_path) if decision_path is not None else run.gate_path
     if target.is_file():
-        recorded = json.loads(target.read_text())
-        if recorded.get("settings") not in (None, _gate_settings(cfg)) or decision_path is not None:
-            raise RunFolderError(f"{target} holds a gate decision already (taken with {recorded.get('settings')}); "
-                                 "it is never rewritten. Pass --decision NEW.json for a decision under other "
-                                 "settings, outside the run")
+        recorded = read_gate_decision(target)
+        if recorded.settings not in (None, _gate_settings(cfg)) or decision_path is not None:
+            raise RunFolderError(f"{target} holds a gate decision already (taken with {recorded.settings}); it is "
+                                 "never rewritten. Pass --decision NEW.json for a decision under other settings, "
+                                 "outside the run")
         _logger.info("%s holds the gate's decision already; returning it", target)
-        return recorded
+        return recorded.to_dict()
     decision = gate_models(run.metrics_paths(list(cfg.models.names)), cfg, target, store=open_store(cfg.store),
                            cache_dir=_cache_dir(run, cfg), settings=_gate_settings(cfg))
     return decision
 
 
 def _gated_model(run: RunFolder) -> str:
-    import json
+    from medpipe.contracts import read_gate_decision
 
     if not run.gate_path.is_file():
         raise FileNotFoundError(f"{run.gate_path} does not exist: run `medpipe gate --run {run.root}` first, "
                                 "or name the model with --model")
-    decision = json.loads(run.gate_path.read_text())
-    if not decision.get("passed"):
-        raise PipelineError(f"{run.gate_path}: challenger {decision.get('challenger')} did not pass the gate "
-                            f"({'; '.join(decision.get('reasons', []))}); pass --model NAME to export it anyway")
-    return str(decision["challenger"])
+    decision = read_gate_decision(run.gate_path)
+    if not decision.passed:
+        raise PipelineError(f"{run.gate_path}: challenger {decision.challenger} did not pass the gate "
+                            f"({'; '.join(decision.reasons)}); pass --model NAME to export it anyway")
+    return decision.challenger
 
 
 def export(run: RunFolder, cfg: Config, version: str | None = None, model: str | None = None,

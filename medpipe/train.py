@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import Config, config_from_dict, config_to_dict, save_config
+from medpipe.contracts import CheckpointMeta
 from medpipe.data.cache import load_cache
 from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_device stays importable
 from medpipe.fileio import atomic_output, atomic_write_text
@@ -108,17 +109,19 @@ def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
 
 
 def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
-    return {**priors, "model_name": model_name, "classes": data.classes, "image_size": data.image_size,
-            "manifest_hash": data.manifest_hash, "epoch": epoch, "monitor": cfg.train.monitor,
-            "best_score": score, "config": config_to_dict(cfg), "preprocess_version": data.preprocessing,
-            "input": "float32 (N,1,H,W) raw pixels 0..255", "output": "logits"}
+    return CheckpointMeta(**priors, model_name=model_name, classes=list(data.classes), image_size=data.image_size,
+                          manifest_hash=data.manifest_hash, epoch=epoch, monitor=cfg.train.monitor, best_score=score,
+                          config=config_to_dict(cfg), preprocess_version=data.preprocessing).to_dict()
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """Rebuild the model saved in a checkpoint (best.pt / last.pt), in eval mode.
 
     Returns:
-        (model, meta) — meta as written by training (model_name, classes, image_size, manifest_hash, ...).
+        (model, meta) — meta as written by training, a `CheckpointMeta` (also readable as the dict it was).
+
+    Raises:
+        ContractError: the meta is from a newer medpipe or lacks required keys.
     """
     import torch
 
@@ -130,10 +133,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model_state" not in state or "meta" not in state:
         raise ValueError(f"{path} is not a medpipe checkpoint (expected keys model_state and meta)")
-    meta = state["meta"]
-    tree = copy.deepcopy(meta["config"])
+    meta = CheckpointMeta.parse(state["meta"], path)
+    tree = copy.deepcopy(meta.config)
     tree["models"]["resnet18"]["weights"] = "none"  # the checkpoint holds the weights; never download them again
-    model = build_model(meta["model_name"], config_from_dict(tree), len(meta["classes"]))
+    model = build_model(meta.model_name, config_from_dict(tree), len(meta.classes))
     load_model_state(model, state["model_state"])
     model.to(device).eval()
     return model, meta

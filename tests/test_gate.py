@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from medpipe.contracts import read_gate_decision
 from medpipe.data.cache import load_cache
 from medpipe.evaluate import evaluate_model
 from medpipe.evaluate.metrics import flatten_metrics
@@ -182,6 +183,7 @@ def test_gate_on_the_interval_lower_bound_is_stricter_than_the_point_estimate(tr
     decision = gate_models({"custom_cnn": metrics}, cfg, tmp_path / "gate.json")
 
     assert json.loads((tmp_path / "gate.json").read_text()) == decision
+    assert read_gate_decision(tmp_path / "gate.json").to_dict() == decision  # the writer's output, read back
     assert decision["passed"] is False
     assert decision["challenger_metrics"]["macro_auc_ci_low"] == low
     point_check, ci_check = decision["checks"]

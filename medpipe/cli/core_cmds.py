@@ -56,6 +56,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medpipe.cli import config_from_args
+    from medpipe.contracts import read_metrics
     from medpipe.data.cache import build_cache
     from medpipe.evaluate import evaluate_model
 
@@ -64,8 +65,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / "eval"
     metrics_path = evaluate_model(checkpoint, cache_dir, cfg, out)
-    metrics = json.loads(Path(metrics_path).read_text())
-    for split, m in metrics["splits"].items():
+    for split, m in read_metrics(metrics_path).splits.items():
         b = m["baseline"]
         print(f"{split}: balanced_accuracy {m['balanced_accuracy']:.3f} (baseline {b['balanced_accuracy']:.3f}), "
               f"macro_auc {m['macro_auc'] if m['macro_auc'] is None else round(m['macro_auc'], 3)}, "

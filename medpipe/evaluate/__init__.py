@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medpipe.config import Config, config_to_dict
+from medpipe.contracts import MetricsReport
 from medpipe.evaluate.calibration import calibration_metrics
 from medpipe.evaluate.card import write_model_card
 from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
@@ -283,32 +284,31 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
     history_png = _history_plot(checkpoint.parent, summary and summary["history"], out / "plots")
     if history_png is not None:
         plot_paths["history"] = history_png
-    metrics = {
-        "model": meta["model_name"],
-        "classes": classes,
-        "manifest_hash": data.manifest_hash,
-        "checkpoint_manifest_hash": meta.get("manifest_hash"),
+    report = MetricsReport(
+        model=meta.model_name,
+        classes=classes,
+        manifest_hash=data.manifest_hash,
+        checkpoint_manifest_hash=meta.manifest_hash,
         # Relative to out_dir, so the folder can be moved or published as a whole.
-        "checkpoint": Path(os.path.relpath(checkpoint, out)).as_posix(),
-        "checkpoint_sha256": sha256_file(checkpoint),
-        "epoch": meta.get("epoch"),
-        "preprocess_version": meta.get("preprocess_version"),
-        "device": device,
-        "training": _training_facts(meta, summary),
-        "split_counts": _split_counts(data),
+        checkpoint=Path(os.path.relpath(checkpoint, out)).as_posix(),
+        checkpoint_sha256=sha256_file(checkpoint),
+        epoch=meta.epoch,
+        preprocess_version=meta.preprocess_version,
+        device=device,
+        training=_training_facts(meta, summary),
+        split_counts=_split_counts(data),
         # Multiply the outputs by these and renormalise to read them as probabilities at the training
         # prevalence (medpipe.priors); the arg-max decision uses the outputs as they are.
-        "prior_correction": {"factors": prior_correction, "source": prior_source,
-                             "training_prior": meta.get("training_prior"),
-                             "train_class_counts": meta.get("train_class_counts")},
-        "splits": splits,
-    }
+        prior_correction={"factors": prior_correction, "source": prior_source,
+                          "training_prior": meta.training_prior, "train_class_counts": meta.train_class_counts},
+        splits=splits,
+    )
     training_config = meta.get("config") if isinstance(meta.get("config"), dict) else config_to_dict(cfg)
     write_model_card(
-        out / CARD_NAME, model_name=meta["model_name"], metrics=metrics, config=training_config,
+        out / CARD_NAME, model_name=meta["model_name"], metrics=report.to_dict(), config=training_config,
         manifest_hash=data.manifest_hash, plots={k: p.relative_to(out).as_posix() for k, p in plot_paths.items()},
-        training=metrics["training"],
+        training=report.training,
     )
-    path = atomic_write_text(out / METRICS_NAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    path = report.write(out / METRICS_NAME)
     _logger.info("wrote %s", path)
     return path

@@ -7,19 +7,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medpipe.contracts import HEADLINE_METRICS
 from medpipe.fileio import atomic_write_text
 
 __all__ = ["write_model_card"]
 
 _logger = logging.getLogger(__name__)
 
-_AGGREGATES = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("f1_weighted", "weighted F1"),
-    ("f1_macro", "macro F1"),
-    ("macro_auc", "macro AUC (one-vs-rest)"),
-)
+_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1_weighted": "weighted F1",
+           "f1_macro": "macro F1", "macro_auc": "macro AUC (one-vs-rest)"}
+_AGGREGATES = tuple((name, _LABELS[name]) for name in HEADLINE_METRICS)  # a new headline metric needs a label
 _PER_CLASS = (("recall", "recall"), ("precision", "precision"), ("f1", "F1"), ("roc_auc", "AUC"),
               ("average_precision", "AP"), ("sensitivity_at_90_specificity", "sens. @ 90 % spec."),
               ("sensitivity_at_95_specificity", "sens. @ 95 % spec."))

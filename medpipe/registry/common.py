@@ -16,7 +16,6 @@ MANIFEST_NAME = "manifest.json"
 MODEL_FILE = "model.onnx"
 REQUIRED_FILES = (MODEL_FILE, "metrics.json")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SUMMARY_METRICS = ("n", "accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "macro_auc")
 
 ProgressHook = Callable[[str, str], None]  # (key, "uploaded" | "skipped"), called after each file
 

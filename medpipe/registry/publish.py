@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpipe.contracts import ContractError, read_metrics
 from medpipe.registry.common import (
     CHAMPION_KEY, MANIFEST_NAME, MODEL_FILE, REQUIRED_FILES, IntegrityError, ProgressHook, RegistryError,
-    _SUMMARY_METRICS, _dumps, _is_champion, _read_json, _short, _version_prefix, read_champion, validate_name,
+    _dumps, _is_champion, _read_json, _short, _version_prefix, read_champion, validate_name,
 )
 from medpipe.store import InvalidKeyError, ObjectNotFoundError, Store, sha256_file, validate_key
 
@@ -57,17 +57,11 @@ def _collect_files(version_dir: Path) -> dict[str, _LocalFile]:
 def _metrics_summary(path: Path) -> dict[str, dict[str, Any]]:
     """Headline metrics per split from metrics.json, for listings and the champion pointer."""
     try:
-        metrics = json.loads(path.read_text())
-    except ValueError as exc:
-        raise RegistryError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(metrics, dict):
-        raise RegistryError(f"{path} must hold a JSON object with a 'splits' section")
-    splits = metrics.get("splits") if isinstance(metrics.get("splits"), dict) else {}
-    return {
-        split: {k: values[k] for k in _SUMMARY_METRICS if k in values}
-        for split, values in splits.items()
-        if isinstance(values, dict)
-    }
+        report = read_metrics(path)
+    except ContractError as exc:
+        raise RegistryError(str(exc)) from exc
+    return {split: {"n": values.get("n"), **report.headline(split)}
+            for split, values in report.splits.items() if isinstance(values, dict)}
 
 
 def _check_same_content(manifest: dict[str, Any], files: dict[str, _LocalFile], where: str) -> None:

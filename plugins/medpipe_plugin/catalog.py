@@ -18,7 +18,9 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from medpipe.contracts import ContractError, GateDecision, MetricsReport
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -51,8 +53,8 @@ class VersionView:
     model_name: str
     version: str
     files: tuple[str, ...]  # names relative to the version folder, e.g. "model.onnx", "plots/val_roc.png"
-    metrics: dict[str, Any] | None = None
-    gate: dict[str, Any] | None = None
+    metrics: MetricsReport | None = None
+    gate: GateDecision | None = None
     manifest: dict[str, Any] | None = None
     is_champion: bool = False
     problems: tuple[str, ...] = ()
@@ -68,13 +70,12 @@ class VersionView:
 
     def split_metrics(self, split: str) -> dict[str, Any]:
         """Metrics of one split ({} when absent)."""
-        splits = (self.metrics or {}).get("splits") or {}
-        value = splits.get(split)
+        value = self.metrics.splits.get(split) if self.metrics else None
         return value if isinstance(value, dict) else {}
 
     @property
     def splits(self) -> list[str]:
-        return sorted(((self.metrics or {}).get("splits") or {}).keys(), key=lambda s: (s != "val", s))
+        return sorted(self.metrics.splits if self.metrics else (), key=lambda s: (s != "val", s))
 
 
 @dataclass
@@ -130,6 +131,19 @@ def _read_json(store: Store, key: str, problems: list[str]) -> dict[str, Any] | 
     return value
 
 
+def _read_contract(store: Store, key: str, parse: Callable[[dict[str, Any], str], Any], problems: list[str]) -> Any:
+    """A metrics.json / gate.json of the store through its contract's reader (`MetricsReport.parse`,
+    `GateDecision.parse`); one it refuses (a newer schema, keys missing) is listed among the problems instead."""
+    raw = _read_json(store, key, problems)
+    if raw is None:
+        return None
+    try:
+        return parse(raw, key)
+    except ContractError as exc:
+        problems.append(str(exc))
+        return None
+
+
 def _group_version_files(keys: list[str], problems: list[str]) -> dict[tuple[str, str], list[str]]:
     groups: dict[tuple[str, str], list[str]] = {}
     for key in keys:
@@ -153,8 +167,9 @@ def _load_version(store: Store, model_name: str, version: str, files: list[str],
         model_name=model_name,
         version=version,
         files=tuple(sorted(files)),
-        metrics=_read_json(store, base + "metrics.json", problems) if "metrics.json" in files else None,
-        gate=_read_json(store, base + "gate.json", problems) if "gate.json" in files else None,
+        metrics=(_read_contract(store, base + "metrics.json", MetricsReport.parse, problems)
+                 if "metrics.json" in files else None),
+        gate=_read_contract(store, base + "gate.json", GateDecision.parse, problems) if "gate.json" in files else None,
         manifest=_read_json(store, base + "manifest.json", problems) if "manifest.json" in files else None,
         is_champion=(champ.get("model_name"), champ.get("version")) == (model_name, version),
         problems=tuple(problems),

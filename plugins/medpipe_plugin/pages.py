@@ -6,12 +6,11 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import Catalog, VersionView
 
-__all__ = ["render_catalog", "render_version", "SUMMARY_METRICS"]
+__all__ = ["render_catalog", "render_version"]
 
-# The columns of the overview, in order; the rest of metrics.json is on the version page.
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "macro_auc")
 _PLOT_KINDS = ("confusion", "roc")  # shown on the overview; the version page shows every plot
 
 _STYLE = """
@@ -58,10 +57,8 @@ def _version_url(root: str, v: VersionView) -> str:
 def _gate_cell(v: VersionView) -> str:
     if v.gate is None:
         return '<span class="muted">no gate record</span>'
-    passed = bool(v.gate.get("passed"))
-    badge = '<span class="badge pass">passed</span>' if passed else '<span class="badge fail">failed</span>'
-    reasons = v.gate.get("reasons") or []
-    items = "".join(f"<li>{escape(str(r))}</li>" for r in reasons)
+    badge = '<span class="badge pass">passed</span>' if v.gate.passed else '<span class="badge fail">failed</span>'
+    items = "".join(f"<li>{escape(str(r))}</li>" for r in v.gate.reasons)
     return badge + (f"<ul>{items}</ul>" if items else "")
 
 
@@ -83,7 +80,7 @@ def _version_row(root: str, v: VersionView, split: str) -> str:
     recall_cancer = ((m.get("per_class") or {}).get("cancer") or {}).get("recall")
     champion = ' <span class="badge champion">champion</span>' if v.is_champion else ""
     problems = "".join(f'<div class="problem">{escape(p)}</div>' for p in v.problems)
-    cells = "".join(f'<td class="num">{_fmt(m.get(k))}{_interval(m, k)}</td>' for k in SUMMARY_METRICS)
+    cells = "".join(f'<td class="num">{_fmt(m.get(k))}{_interval(m, k)}</td>' for k in HEADLINE_METRICS)
     return (f'<tr id="{escape(v.model_name)}-{escape(v.version)}"><td><a href="{_version_url(root, v)}">'
             f"{escape(v.model_name)}<br>{escape(v.version)}</a>{champion}{problems}</td>"
             f"<td>{_fmt(v.published_at)}</td>{cells}<td class=num>{_fmt(recall_cancer)}</td>"
@@ -104,7 +101,7 @@ def _champion_summary(catalog: Catalog, root: str) -> str:
 
 def render_catalog(catalog: Catalog, root: str, split: str = "val") -> str:
     """The overview: champion, then every version with metrics, gate result, links and plots."""
-    header = "".join(f"<th>{escape(k)} ({escape(split)})</th>" for k in SUMMARY_METRICS)
+    header = "".join(f"<th>{escape(k)} ({escape(split)})</th>" for k in HEADLINE_METRICS)
     rows = "".join(_version_row(root, v, split) for v in catalog.versions)
     problems = "".join(f'<li class="problem">{escape(p)}</li>' for p in catalog.problems)
     table = (f"<table><thead><tr><th>model / version</th><th>published</th>{header}<th>recall cancer ({escape(split)})</th>"
@@ -120,7 +117,7 @@ def _metrics_table(v: VersionView, split: str) -> str:
     m = v.split_metrics(split)
     baseline = m.get("baseline") or {}
     rows = "".join(f'<tr><th>{escape(k)}</th><td class="num">{_fmt(m.get(k))}</td>'
-                   f'<td class="num">{_fmt(baseline.get(k))}</td></tr>' for k in SUMMARY_METRICS)
+                   f'<td class="num">{_fmt(baseline.get(k))}</td></tr>' for k in HEADLINE_METRICS)
     per_class = m.get("per_class") or {}
     keys = ("precision", "recall", "f1", "roc_auc", "average_precision", "support")
     class_rows = "".join(
