@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from medpipe.contracts import ContractError, GateDecision, MetricsReport
+from medpipe.registry.common import MANIFEST_NAME
+from medpipe.run_folder import RELEASE_FILES
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -39,8 +41,9 @@ _logger = logging.getLogger(__name__)
 
 MODELS_PREFIX = "models/"
 CHAMPION_KEY = "champion.json"
-# Files of a version the page may hand out, besides plots/<name>.png.
-ARTIFACT_FILES = ("model.onnx", "metrics.json", "gate.json", "model_card.md", "config.yaml", "manifest.json")
+# Files of a version the page may hand out, besides plots/<name>.png: what a run's release folder holds
+# (medpipe.run_folder owns that list) and the manifest publishing adds.
+ARTIFACT_FILES = (*RELEASE_FILES, MANIFEST_NAME)
 # One path segment of a model name or version: the store's key alphabet, never starting with '.'.
 _SEGMENT = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,127}")
 _PLOT = re.compile(r"plots/[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{0,127}\.png")
