@@ -15,10 +15,10 @@ _logger = logging.getLogger(__name__)
 _SUMMARY_METRICS = HEADLINE_METRICS
 
 
-def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
+def summarize_models(metrics_paths: dict[str, Path], split: str, out_paths: tuple[Path, Path],
                      patient_pattern: str | None = None, resamples: int = 1000,
                      data_root: str | Path | None = None, relative_to: str | Path | None = None) -> Path:
-    """Write summary.json / summary.md: each model's metrics on `split` beside the majority-class baseline.
+    """Write `out_paths` (summary.json, summary.md): each model's metrics on `split` beside the majority baseline.
 
     With two or more models, the best (by macro AUC) is compared with the runner-up on the same images by a
     paired patient bootstrap (`patient_pattern` = data.patient_id_pattern; file stems when None), which is
@@ -43,9 +43,10 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_dir: Path,
     summary = {"split": split, "models": rows, "baseline": baseline, "best_by_macro_auc": ranked[0] if ranked else None,
                "best_vs_runner_up": paired, "metrics_files": {n: _relative(p, relative_to) for n, p in metrics_paths.items()},
                "data_root": str(Path(data_root).resolve()) if data_root is not None else None}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
-    atomic_write_text(out_dir / "summary.md", render_summary_markdown(summary))
-    return out_dir / "summary.json"
+    json_path, md_path = out_paths
+    atomic_write_text(md_path, render_summary_markdown(summary))
+    atomic_write_text(json_path, json.dumps(summary, indent=1))  # last: a summary.json marks a finished run
+    return json_path
 
 
 def _relative(path: str | Path, root: str | Path | None) -> str:

@@ -101,7 +101,8 @@ def summarize(run: RunFolder, cfg: Config) -> Path:
 
     if run.finished:
         return run.summary_path
-    return summarize_models(run.metrics_paths(list(cfg.models.names)), cfg.evaluate.select_split, run.root,
+    return summarize_models(run.metrics_paths(list(cfg.models.names)), cfg.evaluate.select_split,
+                            (run.summary_path, run.summary_md_path),
                             cfg.data.patient_id_pattern, cfg.evaluate.bootstrap_resamples, data_root=run.data_root(),
                             relative_to=run.root)
 
