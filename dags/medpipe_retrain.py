@@ -72,7 +72,7 @@ def train(model_name: str, cache_dir: str, config_path: str) -> str:
 @task
 def evaluate(model_dir: str, cache_dir: str, config_path: str) -> str:
     """Metrics (val + test), plots and the model card of one trained model; returns metrics.json."""
-    from medpipe.evaluate import evaluate_model
+    from medpipe.evaluate.stage import evaluate_model
 
     return str(evaluate_model(Path(model_dir) / "best.pt", cache_dir, load_run_config(config_path), Path(model_dir) / "eval"))
 

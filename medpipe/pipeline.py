@@ -7,7 +7,13 @@ import logging
 from pathlib import Path
 
 from medpipe.config import Config, save_config
+from medpipe.data.cache import build_cache
+from medpipe.data.layout import patient_id
+from medpipe.data.validate import format_validation_summary, validate_dataset
+from medpipe.evaluate.stage import evaluate_model, read_prediction_patients, read_predictions
+from medpipe.evaluate.uncertainty import paired_difference_intervals
 from medpipe.fileio import atomic_write_text
+from medpipe.train import train_model
 
 __all__ = ["run_pipeline", "summarize_models", "PipelineError"]
 
@@ -55,10 +61,6 @@ def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: 
                               patient_pattern: str | None, resamples: int) -> dict | None:
     """best minus runner-up on the same images (paired patient bootstrap); None without both predictions."""
     import numpy as np
-
-    from medpipe.data.layout import patient_id
-    from medpipe.evaluate import read_prediction_patients, read_predictions
-    from medpipe.evaluate.uncertainty import paired_difference_intervals
 
     classes = json.loads(Path(metrics_paths[best]).read_text())["classes"]
     a, b = (read_predictions(metrics_paths[name], split, classes) for name in (best, runner_up))
@@ -132,11 +134,7 @@ def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume
     Returns:
         out_dir/summary.json.
     """
-    from medpipe.data.cache import build_cache
-    from medpipe.data.validate import format_validation_summary, validate_dataset
-    from medpipe.evaluate import evaluate_model
-    from medpipe.models import check_pretrained_weights
-    from medpipe.train import train_model
+    from medpipe.models import check_pretrained_weights  # torch stays off the CLI's start-up path
 
     check_pretrained_weights(cfg)  # fail before validation and hours of training, not between the two models
     out_dir = Path(out_dir)

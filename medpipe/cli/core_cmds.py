@@ -6,13 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from medpipe.cli import config_from_args
+from medpipe.data.cache import build_cache
+from medpipe.data.validate import format_validation_summary, validate_dataset
+from medpipe.train import train_model
+
 __all__ = ["register"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.validate import format_validation_summary, validate_dataset
-
     cfg = config_from_args(args)
     report = validate_dataset(args.root, cfg, args.out)
     print(format_validation_summary(report))
@@ -21,8 +23,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.split import make_dev_split
+    from medpipe.data.split import make_dev_split  # scikit-learn stays off the CLI's start-up path
 
     result = make_dev_split(args.root, args.out, config_from_args(args), fraction=args.fraction, seed=args.seed)
     for split, counts in result.counts.items():
@@ -33,18 +34,11 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.cache import build_cache
-
     print(build_cache(args.data, config_from_args(args)))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.cache import build_cache
-    from medpipe.train import train_model
-
     cfg = config_from_args(args)
     cache_dir = build_cache(args.data, cfg)
     names = args.model or cfg.models.names
@@ -55,9 +49,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.cache import build_cache
-    from medpipe.evaluate import evaluate_model
+    from medpipe.evaluate.stage import evaluate_model  # scikit-learn stays off the CLI's start-up path
 
     cfg = config_from_args(args)
     cache_dir = build_cache(args.data, cfg)
@@ -75,8 +67,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.pipeline import render_summary_markdown, run_pipeline
+    from medpipe.pipeline import render_summary_markdown, run_pipeline  # scikit-learn stays off the CLI's start-up path
 
     cfg = config_from_args(args)
     summary_path = run_pipeline(args.data, cfg, args.out, resume=args.resume)

@@ -12,6 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medpipe.cli import config_from_args
+from medpipe.data.cache import build_cache
+from medpipe.export import export_onnx
+from medpipe.registry import new_version_name, validate_name
+from medpipe.release import stage_release_files
+from medpipe.score import score_folder
+from medpipe.store import open_store
+
 __all__ = ["register", "EXIT_GATED"]
 
 EXIT_GATED = 3
@@ -19,8 +27,6 @@ EXIT_GATED = 3
 
 def _run_config(args: argparse.Namespace):
     """The run's own config.yaml (same image size, cache folder, classes) unless --config names another."""
-    from medpipe.cli import config_from_args
-
     run_config = Path(args.run) / "config.yaml"
     if args.config is None and run_config.is_file():
         args.config = str(run_config)
@@ -55,9 +61,7 @@ def _metrics_paths(run_dir: Path, names: list[str]) -> dict[str, Path]:
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from medpipe.data.cache import build_cache
-    from medpipe.gate import GATE_NAME, gate_models
-    from medpipe.store import open_store
+    from medpipe.gate import GATE_NAME, gate_models  # scikit-learn stays off the CLI's start-up path
 
     cfg = _run_config(args)
     run_dir = Path(args.run)
@@ -91,11 +95,6 @@ def _export_model_name(args: argparse.Namespace, run_dir: Path) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medpipe.data.cache import build_cache
-    from medpipe.export import export_onnx
-    from medpipe.registry import new_version_name, validate_name
-    from medpipe.release import stage_release_files
-
     cfg = _run_config(args)
     run_dir, out = Path(args.run), Path(args.out)
     name = _export_model_name(args, run_dir)
@@ -117,9 +116,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.score import score_folder
-
     cfg = config_from_args(args)
     if args.store:
         cfg.store = dataclasses.replace(cfg.store, uri=args.store)
