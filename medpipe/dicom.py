@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from medpipe.extras import import_extra
+from medpipe.pixels import stretch_to_uint8
 
 __all__ = ["DICOM_EXTENSIONS", "decode_dicom", "dicom_mode", "dicom_patient_id", "is_dicom_path", "looks_like_dicom"]
 
@@ -134,8 +135,6 @@ def decode_dicom(path: str | Path, max_pixels: int, error_type: type[Exception])
         arr = ds.pixel_array
     except Exception as exc:
         raise error_type(path, _reason_not_decodable(exc, ds)) from None
-    from medpipe.preprocess import stretch_to_uint8  # here: preprocess imports this module
-
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (RGB, or YBR which pydicom converted to RGB): luminance as PIL's "L" computes it
         gray = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -154,8 +153,6 @@ def _first(value) -> float:
 def _display_values(arr: np.ndarray, ds) -> np.ndarray:
     """Grayscale DICOM pixels as displayed, 0..255: modality LUT, then the VOI transform the file specifies."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    from medpipe.preprocess import stretch_to_uint8
 
     values = apply_modality_lut(arr, ds)
     function = str(ds.get("VOILUTFunction", "LINEAR")).upper()

@@ -19,9 +19,13 @@ import numpy as np
 
 from medpipe.config import Config
 from medpipe.contracts import CheckpointMeta, read_metrics
+from medpipe.data.cache import load_cache
+from medpipe.evaluate.predict import predict_probs
 from medpipe.fileio import atomic_output, atomic_write_text
-from medpipe.onnx_runtime import check_prior_correction, create_session, metadata_as_json, predict_onnx
+from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
+from medpipe.priors import prior_metadata
+from medpipe.train import load_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +60,7 @@ def _probability_model(model: "torch.nn.Module") -> "torch.nn.Module":
 
 
 def _normalization(model: "torch.nn.Module") -> dict[str, float]:
-    from medpipe.models import Normalize
+    from medpipe.models import Normalize  # torch stays off the CLI's start-up path
 
     for module in model.modules():
         if isinstance(module, Normalize):
@@ -102,18 +106,8 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
         "preprocess_version": str(meta.get("preprocess_version") or PREPROCESS_VERSION),
         "metrics": metadata_as_json(metrics_summary),
     }
-    # Checkpoints from before training recorded its priors lack these keys: their models keep the old contract
-    # (no risk columns when scored) instead of getting made-up factors.
-    if meta.get("prior_correction") is not None:
-        # Checked here too so that export never writes a model that scoring would refuse; tolist() gives the
-        # Python numbers JSON needs whether the meta holds lists or numpy arrays.
-        factors = check_prior_correction(np.asarray(meta["prior_correction"]).tolist(), len(meta["classes"]),
-                                         "checkpoint meta")
-        metadata["prior_correction"] = metadata_as_json(factors)
-        # What the risks assume (the training prevalence) and why the factors are what they are, for operators.
-        for key in ("training_prior", "output_prior", "train_class_counts"):
-            if meta.get(key) is not None:
-                metadata[key] = metadata_as_json(np.asarray(meta[key]).tolist())
+    # None of these for checkpoints from before training recorded its priors: no made-up factors.
+    metadata.update((key, metadata_as_json(value)) for key, value in prior_metadata(meta).items())
     return metadata
 
 
@@ -162,8 +156,6 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
     Returns:
         {"images", "max_abs_diff", "atol", "argmax_mismatches", "passed", "provider", "batch_size"}.
     """
-    from medpipe.evaluate import predict_probs
-
     session = create_session(onnx_path, "cpu")
     onnx_probs = predict_onnx(session, images, batch_size)
     torch_probs = predict_probs(model, images, "cpu", batch_size)
@@ -175,8 +167,6 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
 
 
 def _parity_images(cache_dir: Path, meta: CheckpointMeta, limit: int) -> np.ndarray:
-    from medpipe.data.cache import load_cache
-
     data = load_cache(cache_dir)
     if list(data.classes) != meta.classes or int(data.image_size) != meta.image_size:
         raise ValueError(f"cache {cache_dir} holds classes {data.classes} at {data.image_size} px but the checkpoint "
@@ -207,8 +197,6 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     Raises:
         ParityError: max |Δ| above export.parity_atol or a different argmax; nothing is written.
     """
-    from medpipe.train import load_checkpoint
-
     version = version or "unversioned"
     if not _VERSION.fullmatch(version) or ".." in version:
         raise ValueError(f"version {version!r}: use 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter "

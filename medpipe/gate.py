@@ -23,6 +23,13 @@ import numpy as np
 
 from medpipe.config import Config
 from medpipe.contracts import GateDecision, MetricsReport, read_metrics
+from medpipe.data.cache import load_cache
+from medpipe.evaluate.metrics import CI_BOUNDS, compute_metrics, flatten_metrics, majority_class
+from medpipe.evaluate.stage import read_predictions
+from medpipe.evaluate.uncertainty import paired_difference_intervals
+from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
+from medpipe.preprocess import PREPROCESS_VERSION
+from medpipe.registry import read_champion, resolve_model
 
 __all__ = ["GateError", "gate_models", "pick_challenger", "rescore_champion", "GATE_NAME"]
 
@@ -41,8 +48,6 @@ def _check(name: str, value: float | None, threshold: float | None, passed: bool
 
 
 def _load_flat(path: Path, split: str) -> tuple[MetricsReport, Flat]:
-    from medpipe.evaluate.metrics import flatten_metrics
-
     if not path.is_file():
         raise GateError(f"metrics file {path} does not exist; run `medpipe evaluate` first")
     report = read_metrics(path)
@@ -67,8 +72,6 @@ def pick_challenger(flat_by_model: dict[str, Flat], primary: str) -> str:
 
 
 def _validate_names(cfg: Config, available: Flat) -> None:
-    from medpipe.evaluate.metrics import CI_BOUNDS
-
     gate = cfg.gate
     if not gate.min_metrics:
         raise GateError("gate.min_metrics is empty: a gate without thresholds would pass anything. Configure at least "
@@ -89,8 +92,6 @@ def _validate_names(cfg: Config, available: Flat) -> None:
 def _interval_reason(name: str, value: float | None, threshold: float, split_metrics: dict[str, Any]) -> str:
     """The reason of a threshold on a bootstrap bound: the interval beside the point estimate, or why it is null
     (and what gives it a value), since the bare name says neither."""
-    from medpipe.evaluate.metrics import CI_BOUNDS
-
     metric = CI_BOUNDS[name][0]
     point, intervals = split_metrics.get(metric), split_metrics.get("confidence_intervals")
     if value is not None:
@@ -114,8 +115,6 @@ def _interval_reason(name: str, value: float | None, threshold: float, split_met
 
 
 def _absolute_checks(flat: Flat, min_metrics: dict[str, float], split_metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    from medpipe.evaluate.metrics import CI_BOUNDS
-
     checks = []
     for name, threshold in min_metrics.items():
         value = flat.get(name)
@@ -154,12 +153,6 @@ def rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str]
 def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str], provider: str,
                       batch_size: int) -> tuple[dict[str, Any], np.ndarray, Any] | None:
     """rescore_champion's result, plus the champion's probabilities and the split's cached arrays."""
-    from medpipe.data.cache import load_cache
-    from medpipe.evaluate.metrics import compute_metrics, flatten_metrics, majority_class
-    from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
-    from medpipe.registry import read_champion, resolve_model
-    from medpipe.preprocess import PREPROCESS_VERSION
-
     if read_champion(store) is None:
         return None
     data = load_cache(cache_dir)
@@ -191,8 +184,6 @@ def _rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str
 def _challenger_probs(metrics_path: Path, split: str, arrays: Any, classes: list[str]) -> np.ndarray | None:
     """The challenger's probabilities on the cached split, from the predictions CSV its evaluation wrote beside
     metrics.json, in the cache's image order; None when that file is missing or covers other images."""
-    from medpipe.evaluate import read_predictions
-
     rows = read_predictions(metrics_path, split, classes)
     if rows is None or set(rows) != set(arrays.rels):
         return None
@@ -206,8 +197,6 @@ def _paired_comparison(challenger: str, champion: dict[str, Any], challenger_pro
     Informational: the decision stays the champion check (tolerance on the point estimates); this says whether
     the split can tell the two apart at all, which a 0.01 difference on 36 lesion images usually cannot.
     """
-    from medpipe.evaluate.uncertainty import paired_difference_intervals
-
     primary = cfg.gate.primary_metric
     if primary not in ("macro_auc", "balanced_accuracy"):
         return None, f"paired comparison with the champion: only for macro_auc and balanced_accuracy, not {primary}"
@@ -249,8 +238,6 @@ def _check_same_data(metrics: dict[str, MetricsReport], cache_dir: Path | None) 
     if len(set(hashes.values())) > 1 or len({json.dumps(c) for c in classes.values()}) > 1:
         raise GateError(f"the models were evaluated on different data: manifest hashes {hashes}, classes {classes}")
     if cache_dir is not None:
-        from medpipe.data.cache import load_cache
-
         current = load_cache(cache_dir).manifest_hash
         if current not in hashes.values():
             raise GateError(f"the metrics are for dataset {next(iter(hashes.values()))} but cache {cache_dir} holds "
@@ -319,8 +306,6 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
 def _find_champion(store: Any, cache_dir: Path | None, split: str, classes: list[str],
                    cfg: Config) -> tuple[tuple[dict[str, Any], np.ndarray, Any] | None, list[str]]:
     """(re-scored champion with its probabilities and the split's arrays, or None; notes for the report)."""
-    from medpipe.registry import read_champion
-
     if store is None:
         return None, ["no model store given: the champion comparison was not done; only the absolute gates apply"]
     if read_champion(store) is None:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medpipe.priors import PRIOR_META_KEYS, read_prior_correction
 
 if TYPE_CHECKING:  # onnxruntime is imported inside functions: it pulls CUDA libraries in at import time
     import onnxruntime
@@ -31,7 +32,6 @@ __all__ = [
     "create_session",
     "active_provider",
     "read_model_info",
-    "check_prior_correction",
     "read_file_metadata",
     "predict_onnx",
     "metadata_as_json",
@@ -54,12 +54,7 @@ META_KEYS = {
     "manifest_hash": "hash of the training data manifest",
     "preprocess_version": "medpipe.preprocess.preprocess_id the model was trained with (version + options)",
     "metrics": "validation metrics summary (JSON)",
-    # Optional: absent in models exported from checkpoints written before training recorded its priors.
-    "prior_correction": "factors per class, in class order, that turn the output probabilities into risks at the "
-                        "training set's prevalence: p * w / sum(p * w) (JSON list; medpipe.priors); optional",
-    "training_prior": "class prior training effectively used, from sampling and loss weights (JSON list); optional",
-    "train_class_counts": "training images per class, the prevalence the risks assume (JSON list); optional",
-    "output_prior": "class prior the outputs are under (uniform with the balanced decision; JSON list); optional",
+    **PRIOR_META_KEYS,
 }
 _REQUIRED = ("classes", "input_size", "input_channels", "output")
 
@@ -172,33 +167,11 @@ def read_model_info(session: "onnxruntime.InferenceSession", source: str | Path 
                          "'probabilities' (softmax inside the graph)")
     if channels != 1:
         raise ValueError(f"{source}: input_channels={channels}; medpipe preprocessing yields 1 channel")
-    factors = None
-    if "prior_correction" in meta:
-        try:
-            value = json.loads(meta["prior_correction"])
-        except ValueError:
-            value = meta["prior_correction"]  # not JSON: reported verbatim by the check below
-        factors = check_prior_correction(value, len(classes), f"{source}: metadata")
+    factors = read_prior_correction(meta, len(classes), f"{source}: metadata")
     return OnnxModelInfo(classes=classes, input_size=size, input_channels=channels, output=meta["output"],
                          model_name=meta.get("model_name"), version=meta.get("version"),
                          preprocess_version=meta.get("preprocess_version"),
                          manifest_hash=meta.get("manifest_hash"), prior_correction=factors, metadata=meta)
-
-
-def check_prior_correction(value: Any, n_classes: int, where: str) -> list[float]:
-    """`value` as prior-correction factors: a list of `n_classes` finite non-negative numbers with a positive sum.
-
-    Anything else would make every risk NaN or silently wrong, so it is refused rather than skipped.
-
-    Raises:
-        ValueError: starting with `where` and naming the key 'prior_correction'.
-    """
-    numbers = isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in value)
-    if not numbers or len(value) != n_classes or sum(value) <= 0:
-        raise ValueError(f"{where} 'prior_correction' must be a list of {n_classes} finite non-negative numbers "
-                         f"(one per class, in class order) with a positive sum, got {value!r}")
-    return [float(v) for v in value]
 
 
 def read_file_metadata(onnx_path: str | Path) -> dict[str, str]:

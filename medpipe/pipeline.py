@@ -6,7 +6,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from medpipe.contracts import HEADLINE_METRICS, read_metrics
+from medpipe.data.layout import patient_id
+from medpipe.evaluate.stage import read_prediction_patients, read_predictions
+from medpipe.evaluate.uncertainty import paired_difference_intervals
 from medpipe.fileio import atomic_write_text
 
 __all__ = ["summarize_models", "render_summary_markdown"]
@@ -56,12 +61,6 @@ def _relative(path: str | Path, root: str | Path | None) -> str:
 def _paired_best_vs_runner_up(metrics_paths: dict[str, Path], split: str, best: str, runner_up: str,
                               patient_pattern: str | None, resamples: int) -> dict | None:
     """best minus runner-up on the same images (paired patient bootstrap); None without both predictions."""
-    import numpy as np
-
-    from medpipe.data.layout import patient_id
-    from medpipe.evaluate import read_prediction_patients, read_predictions
-    from medpipe.evaluate.uncertainty import paired_difference_intervals
-
     classes = read_metrics(metrics_paths[best]).classes
     a, b = (read_predictions(metrics_paths[name], split, classes) for name in (best, runner_up))
     if not a or not b or set(a) != set(b):

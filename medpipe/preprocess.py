@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medpipe.dicom import DICOM_EXTENSIONS, decode_dicom, dicom_mode, is_dicom_path
+from medpipe.pixels import stretch_to_uint8  # re-exported: medpipe.preprocess.stretch_to_uint8 stays importable
 
 __all__ = ["ImageError", "IMAGE_EXTENSIONS", "is_supported_image", "stored_mode", "decode_image", "resize_image",
            "stretch_to_uint8", "load_image", "largest_region_mask", "preprocess_id", "preprocess_options",
@@ -55,15 +56,6 @@ def stored_mode(path: str | Path) -> str:
         return dicom_mode(path)
     with Image.open(path) as img:  # header only
         return img.mode
-
-
-def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    """0..255 by the image's own min..max (16-bit and float PNG/TIFF, unwindowed DICOM); constant -> black."""
-    values = np.asarray(values, dtype=np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:

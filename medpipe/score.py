@@ -16,7 +16,6 @@ the reason; they are counted, never fatal. Outputs are written atomically; an ex
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import tempfile
 import time
@@ -34,7 +33,9 @@ from medpipe.data.layout import excluded_by
 from medpipe.fileio import atomic_output, sha256_file
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
-from medpipe.priors import apply_prior_correction
+from medpipe.priors import apply_prior_correction, deployment_correction, read_output_prior
+from medpipe.registry import resolve_model
+from medpipe.store import open_store
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
 
@@ -88,9 +89,6 @@ def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path) -> tuple
         return path, {"source": "local", "path": str(path), "sha256": sha256_file(path)}
     if str(model_ref).endswith(".onnx"):
         raise FileNotFoundError(f"model file {model_ref} does not exist")
-    from medpipe.registry import resolve_model
-    from medpipe.store import open_store
-
     # resolve_model verifies the download against the published sha256 and raises IntegrityError otherwise.
     return resolve_model(store if store is not None else open_store(cfg.store), str(model_ref), tmp)
 
@@ -181,12 +179,10 @@ def _risk_factors(info: Any, prevalence: list[float] | None,
     if len(prevalence) != len(info.classes):
         raise ScoreError(f"score.prevalence has {len(prevalence)} values; model {model_ref} has {len(info.classes)} "
                          f"classes {info.classes}: give one per class, in that order")
-    if "output_prior" not in info.metadata:
+    output_prior = read_output_prior(info.metadata)
+    if output_prior is None:
         raise ScoreError(f"score.prevalence: model {model_ref} does not record output_prior; re-export it")
-    output_prior = np.asarray(json.loads(info.metadata["output_prior"]), dtype=np.float64)
-    target = np.asarray(prevalence, dtype=np.float64) / sum(prevalence)
-    factors = np.divide(target, output_prior, out=np.zeros_like(target), where=output_prior > 0)
-    return (factors / factors.sum()).tolist(), target.tolist()
+    return deployment_correction(prevalence, output_prior)
 
 
 def _header(classes: list[str], corrected: bool) -> list[str]:

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,27 +20,17 @@ from medpipe.config import Config, config_from_dict, config_to_dict, save_config
 from medpipe.contracts import CheckpointMeta
 from medpipe.data.cache import load_cache
 from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_device stays importable
+from medpipe.evaluate.plots import plot_history
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.interrupts import Interrupted
 
-__all__ = ["train_model", "load_checkpoint", "resolve_device", "class_weight_vector", "TrainingError"]
+__all__ = ["train_model", "load_checkpoint", "resolve_device", "TrainingError"]
 
 _logger = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot start or continue; the message says why and what to do."""
-
-
-def class_weight_vector(setting: Any, labels: np.ndarray, num_classes: int) -> np.ndarray | None:
-    """Loss weights per class: a configured list, 'auto' (inverse frequency, mean 1) or 'none'."""
-    if setting == "none":
-        return None
-    if setting == "auto":
-        counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-        inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-        return inverse * (num_classes / inverse.sum())
-    return np.asarray(setting, dtype=np.float64)
 
 
 def _image_digests(images: np.ndarray) -> list[bytes]:
@@ -69,45 +58,6 @@ def _train_indices(data, cfg: Config) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _warn_if_lopsided(prior: np.ndarray, classes: list[str], cfg: Config) -> None:
-    """Say so when the settings make training far from balanced: e.g. the original's loss weights 0.1/3/4 on
-    top of weighted sampling teach a prior of ~1 % for the first class, which the model then rarely predicts;
-    on data where that class is not the majority (an ultrasound set with few normals) that is the wrong way."""
-    present = prior[prior > 0]
-    if present.max() / present.min() <= 5:
-        return
-    shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior))
-    fix = ("train.class_weights=none (weighted sampling already balances every batch)" if cfg.train.weighted_sampling
-           else "train.class_weights=auto or train.weighted_sampling=true")
-    _logger.warning("training learns under the class balance %s (weighted_sampling=%s x class_weights=%s) and "
-                    "train.balanced_decision is off: the rarest of these will seldom be predicted; set "
-                    "train.balanced_decision=true (the default), or for balanced training %s", shown,
-                    cfg.train.weighted_sampling, cfg.train.class_weights, fix)
-
-
-def _class_prior_facts(labels: np.ndarray, num_classes: int, cfg: Config) -> dict[str, list]:
-    """medpipe.priors.prior_facts for these training labels and the config's sampling, weights and decision."""
-    from medpipe.priors import prior_facts
-
-    weights = class_weight_vector(cfg.train.class_weights, labels, num_classes)
-    return prior_facts(np.bincount(labels, minlength=num_classes), cfg.train.weighted_sampling, weights,
-                       cfg.train.balanced_decision)
-
-
-def decision_offset(labels: np.ndarray, num_classes: int, cfg: Config) -> np.ndarray:
-    """The logit offset of the evaluated/exported model: balanced decision, or none (train.balanced_decision)."""
-    return np.asarray(_class_prior_facts(labels, num_classes, cfg)["logit_offset"])
-
-
-def _prior_facts(cfg: Config, data, train_rows: np.ndarray) -> dict:
-    """The checkpoint's prior facts (medpipe.priors.prior_facts) for the train rows training uses; warns when,
-    without the balanced decision, the settings teach a lopsided balance."""
-    facts = _class_prior_facts(np.asarray(data.splits["train"].labels)[train_rows], len(data.classes), cfg)
-    if not cfg.train.balanced_decision:
-        _warn_if_lopsided(np.asarray(facts["training_prior"]), data.classes, cfg)
-    return facts
-
-
 def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
     return CheckpointMeta(**priors, model_name=model_name, classes=list(data.classes), image_size=data.image_size,
                           manifest_hash=data.manifest_hash, epoch=epoch, monitor=cfg.train.monitor, best_score=score,
@@ -125,7 +75,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu"):
     """
     import torch
 
-    from medpipe.models import build_model, load_model_state
+    from medpipe.models import build_model, load_model_state  # torch stays off the CLI's start-up path
 
     path = Path(path)
     if not path.is_file():
@@ -158,7 +108,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     """
     import torch
 
-    from medpipe.training_loop import TrainingState, run_epochs
+    from medpipe.training_loop import TrainingState, run_epochs  # torch stays off the CLI's start-up path
 
     out_dir = Path(out_dir)
     last_path = out_dir / "last.pt"
@@ -182,7 +132,6 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     if resume:
         state.restore(torch.load(last_path, map_location="cpu", weights_only=False))
         _logger.info("resuming %s from epoch %d", model_name, state.epoch)
-    priors = _prior_facts(cfg, data, train_rows)
     started = time.perf_counter()
     # Training wall time up to the latest checkpoint, summed over --resume sessions (kept in last.pt).
     earlier_seconds = state.seconds
@@ -190,7 +139,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     def _save(kind: str) -> None:
         state.seconds = earlier_seconds + time.perf_counter() - started
         payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
-            model_name, cfg, data, state.epoch, state.best_score, priors)}
+            model_name, cfg, data, state.epoch, state.best_score, state.priors)}
         if kind == "last":
             payload.update(state.resumable())
         with atomic_output(out_dir / f"{kind}.pt") as tmp:
@@ -209,8 +158,6 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
                "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
                "history": state.history}
     atomic_write_text(history_path, json.dumps(summary, indent=1))
-    from medpipe.evaluate.plots import plot_history
-
     plot_history(state.history, out_dir / "history.png")
     _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,
                  state.best_score, state.best_epoch, out_dir)

@@ -15,7 +15,10 @@ from tqdm import tqdm
 from medpipe.config import Config
 from medpipe.data.augment import augment_batch, mixup, weighted_indices
 from medpipe.device import is_cuda
+from medpipe.evaluate.metrics import compute_metrics
+from medpipe.evaluate.predict import predict_probs
 from medpipe.models import build_model, load_model_state, param_groups, unfreeze_for_epoch
+from medpipe.priors import checkpoint_prior_facts, class_weight_vector, sampling_weights
 
 __all__ = ["TrainingState", "run_epochs", "is_better"]
 
@@ -55,11 +58,10 @@ class TrainingState:
     stopped_early: bool = False
     seconds: float = 0.0  # training wall time of earlier sessions of this run (kept in last.pt for --resume)
     history: list[dict] = field(default_factory=list)
+    priors: dict = field(default_factory=dict)  # medpipe.priors.checkpoint_prior_facts: recorded in checkpoints
 
     @classmethod
     def create(cls, model_name: str, cfg: Config, data, train_rows: np.ndarray, device: str) -> "TrainingState":
-        from medpipe.train import class_weight_vector, decision_offset
-
         torch.manual_seed(cfg.train.seed)
         train = data.splits["train"]
         num_classes = len(data.classes)
@@ -69,9 +71,9 @@ class TrainingState:
         # Normalisation from the training pixels; saved in the state dict, so ONNX carries it too.
         model.normalize.mean.fill_(float(images.mean()))
         model.normalize.std.fill_(float(images.std()) or 1.0)
+        priors = checkpoint_prior_facts(cfg, data, train_rows)
         # Set before the EMA copy below, so the averaged model carries the same (constant) offset.
-        model.logit_offset.offset.copy_(torch.as_tensor(decision_offset(labels, num_classes, cfg),
-                                                        dtype=torch.float32))
+        model.logit_offset.offset.copy_(torch.as_tensor(priors["logit_offset"], dtype=torch.float32))
         model.to(device)
         if is_cuda(device):
             model = model.to(memory_format=torch.channels_last)
@@ -79,11 +81,9 @@ class TrainingState:
         scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.train.epochs)
                      if cfg.train.scheduler == "cosine" else None)
         generator = torch.Generator(device=device).manual_seed(cfg.train.seed)
-        counts = np.bincount(labels, minlength=num_classes)
         sample_weights = None
         if cfg.train.weighted_sampling:
-            per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-            sample_weights = torch.tensor(per_class[labels], dtype=torch.float32, device=device)
+            sample_weights = torch.tensor(sampling_weights(labels, num_classes), dtype=torch.float32, device=device)
         ema = None
         if cfg.train.ema_decay > 0:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -97,7 +97,7 @@ class TrainingState:
                    rng=np.random.default_rng(cfg.train.seed), train_rows=train_rows,
                    x_train=torch.from_numpy(images).unsqueeze(1).to(device),
                    y_train=torch.from_numpy(labels).to(device), sample_weights=sample_weights,
-                   loss_weights=loss_weights, ema=ema)
+                   loss_weights=loss_weights, ema=ema, priors=priors)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -185,9 +185,6 @@ def _refresh_ema_batchnorm(state: TrainingState, cfg: Config, device: str) -> No
 
 
 def _validate(state: TrainingState, cfg: Config, data, device: str) -> dict:
-    from medpipe.evaluate.metrics import compute_metrics
-    from medpipe.evaluate.predict import predict_probs
-
     val = data.splits["val"]
     probs = predict_probs(state.eval_model, val.images, device=device, batch_size=cfg.train.eval_batch_size)
     nll = -np.log(np.clip(probs[np.arange(len(val.labels)), val.labels], 1e-12, None))

@@ -75,7 +75,7 @@ def onnx_with_metadata(model: Path, dest: Path, **values: str) -> Path:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """custom_cnn and resnet18 trained for 2 epochs on 32 px images and evaluated on val (~15 s on 2 cores)."""
     from medpipe.data.cache import build_cache
-    from medpipe.evaluate import evaluate_model
+    from medpipe.evaluate.stage import evaluate_model
     from medpipe.train import train_model
 
     work = tmp_path_factory.mktemp("shipping")

@@ -11,7 +11,7 @@ import pytest
 
 from medpipe.config import load_config
 from medpipe.data.cache import load_cache
-from medpipe.evaluate import predict_probs
+from medpipe.evaluate.predict import predict_probs
 from medpipe.export import ParityError, export_onnx
 from medpipe.onnx_runtime import CPU_PROVIDER, create_session, predict_onnx, read_model_info
 from medpipe.preprocess import PREPROCESS_VERSION

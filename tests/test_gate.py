@@ -9,7 +9,7 @@ import pytest
 
 from medpipe.contracts import read_gate_decision
 from medpipe.data.cache import load_cache
-from medpipe.evaluate import evaluate_model
+from medpipe.evaluate.stage import evaluate_model
 from medpipe.evaluate.metrics import flatten_metrics
 from medpipe.export import export_onnx
 from medpipe.gate import GateError, gate_models

@@ -13,7 +13,7 @@ from PIL import Image
 
 from medpipe.config import load_config
 from medpipe.data.cache import build_cache, load_cache
-from medpipe.evaluate import evaluate_model, read_predictions
+from medpipe.evaluate.stage import evaluate_model, read_predictions
 from medpipe.export import export_onnx
 from medpipe.preprocess import largest_region_mask, load_image, preprocess_id, preprocess_options
 from medpipe.score import score_folder

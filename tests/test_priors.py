@@ -67,7 +67,7 @@ def test_balanced_decision_offsets_and_the_warning_without_it(tmp_path, caplog):
 
     from medpipe.config import load_config
     from medpipe.data.cache import build_cache, load_cache
-    from medpipe.train import _prior_facts
+    from medpipe.priors import checkpoint_prior_facts as _prior_facts
 
     root = write_dataset(tmp_path / "data", per_class=3, size=32)
     overrides = ["data.image_size=32", f"data.cache_dir={tmp_path / 'cache'}"]

@@ -13,7 +13,7 @@ import torch
 
 from medpipe.config import ConfigError
 from medpipe.data.cache import load_cache
-from medpipe.evaluate import predict_probs
+from medpipe.evaluate.predict import predict_probs
 from medpipe.export import export_module, export_onnx, model_metadata
 from medpipe.onnx_runtime import CPU_PROVIDER, CUDA_PROVIDER, choose_providers
 from medpipe.preprocess import load_image

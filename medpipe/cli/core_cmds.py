@@ -6,12 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
+from medpipe.cli import config_from_args
+from medpipe.contracts import read_metrics
+from medpipe.data.cache import build_cache
+from medpipe.data.validate import format_validation_summary, validate_dataset
+from medpipe.run_folder import default_run_dir
+from medpipe.train import train_model
+
 __all__ = ["register"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.validate import format_validation_summary, validate_dataset
 
     cfg = config_from_args(args)
     report = validate_dataset(args.root, cfg, args.out)
@@ -21,8 +26,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.split import make_dev_split
+    from medpipe.data.split import make_dev_split  # scikit-learn stays off the CLI's start-up path
 
     result = make_dev_split(args.root, args.out, config_from_args(args), fraction=args.fraction, seed=args.seed)
     for split, counts in result.counts.items():
@@ -33,17 +37,12 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.cache import build_cache
 
     print(build_cache(args.data, config_from_args(args)))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.data.cache import build_cache
-    from medpipe.train import train_model
 
     cfg = config_from_args(args)
     cache_dir = build_cache(args.data, cfg)
@@ -55,10 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.contracts import read_metrics
-    from medpipe.data.cache import build_cache
-    from medpipe.evaluate import evaluate_model
+    from medpipe.evaluate.stage import evaluate_model  # scikit-learn stays off the CLI's start-up path
 
     cfg = config_from_args(args)
     cache_dir = build_cache(args.data, cfg)
@@ -75,9 +71,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.pipeline import render_summary_markdown
-    from medpipe.run_folder import default_run_dir
+    from medpipe.pipeline import render_summary_markdown  # scikit-learn stays off the CLI's start-up path
     from medpipe.stages import run_pipeline
 
     cfg = config_from_args(args)

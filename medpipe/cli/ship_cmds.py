@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medpipe.cli import config_from_args
+from medpipe.run_folder import ONNX_NAME, PARITY_NAME, RunFolder
+from medpipe.stages import export, gate
+
 __all__ = ["register", "EXIT_GATED"]
 
 EXIT_GATED = 3
@@ -20,8 +24,6 @@ EXIT_GATED = 3
 def _open_run(args: argparse.Namespace):
     """The run folder named by --run and its config: the run's own config.yaml (same image size, cache folder,
     classes), with --config replacing it and --set / --store on top."""
-    from medpipe.cli import config_from_args
-    from medpipe.run_folder import RunFolder
 
     run = RunFolder.open(args.run, data_root=getattr(args, "data", None))
     cfg = config_from_args(args) if args.config is not None else run.config(args.set)
@@ -31,7 +33,6 @@ def _open_run(args: argparse.Namespace):
 
 
 def _cmd_gate(args: argparse.Namespace) -> int:
-    from medpipe.stages import gate
 
     run, cfg = _open_run(args)
     decision = gate(run, cfg, decision_path=args.decision)
@@ -48,8 +49,6 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from medpipe.run_folder import ONNX_NAME, PARITY_NAME
-    from medpipe.stages import export
 
     run, cfg = _open_run(args)
     release = export(run, cfg, version=args.version, model=args.model, out_dir=args.out)
@@ -63,8 +62,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from medpipe.cli import config_from_args
-    from medpipe.score import score_folder
+    from medpipe.score import score_folder  # onnxruntime stays off the CLI's start-up path
 
     cfg = config_from_args(args)
     if args.store:

@@ -15,7 +15,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from tqdm import tqdm
 from medpipe.config import VALIDATION_CHECKS, Config
 from medpipe.data.layout import DatasetLayout, Sample, discover
 from medpipe.data.source_check import confounds_of_records
-from medpipe.data.validate_report import format_validation_summary, write_report
+from medpipe.data.validate_report import Finding, ValidationReport, format_validation_summary, write_report
 from medpipe.fileio import sha256_file
 from medpipe.preprocess import ImageError, decode_image, stored_mode
 
+# Finding, ValidationReport and format_validation_summary are re-exported: importable from here as before.
 __all__ = ["Finding", "ValidationReport", "validate_dataset", "format_validation_summary"]
 
 _logger = logging.getLogger(__name__)
@@ -37,35 +38,6 @@ _logger = logging.getLogger(__name__)
 # Hash words x rows of the pairwise Hamming-distance matrix computed at once: 2**22 uint64 = 32 MiB of XORs,
 # so memory stays flat however many images there are (the old fixed 512 rows took 400 MB at 100k images).
 _NEAR_DUP_BLOCK_WORDS = 2**22
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One problem found: which check, how severe, which files, and a message naming them and what was expected."""
-
-    check: str  # a key of medpipe.config.VALIDATION_CHECKS
-    severity: str  # "error" or "warning" ("ignore"d findings are only counted)
-    paths: list[str]  # relative to the data root
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "severity": self.severity, "paths": list(self.paths), "message": self.message}
-
-
-@dataclass
-class ValidationReport:
-    """What validate_dataset found and wrote; `to_dict()` is exactly the content of validation.json."""
-
-    ok: bool
-    errors: list[Finding]
-    warnings: list[Finding]
-    json_path: Path
-    md_path: Path
-    stats: dict[str, Any] = field(default_factory=dict)  # counts, patients, images, duplicates, timing, ...
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, **self.stats, "errors": [f.to_dict() for f in self.errors],
-                "warnings": [f.to_dict() for f in self.warnings]}
 
 
 @dataclass

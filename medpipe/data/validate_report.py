@@ -1,19 +1,47 @@
-"""Render a validation report: JSON for machines, Markdown for people, a few lines for the CLI."""
+"""A validation report: what it holds (`Finding`, `ValidationReport`) and how it is rendered: JSON for machines,
+Markdown for people, a few lines for the CLI."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from medpipe.fileio import atomic_write_text
 
-if TYPE_CHECKING:
-    from medpipe.data.validate import ValidationReport
-
-__all__ = ["write_report", "render_markdown", "format_validation_summary"]
+__all__ = ["Finding", "ValidationReport", "write_report", "render_markdown", "format_validation_summary"]
 
 MAX_LISTED = 50  # findings listed per severity in the Markdown; the JSON always holds all of them
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found: which check, how severe, which files, and a message naming them and what was expected."""
+
+    check: str  # a key of medpipe.config.VALIDATION_CHECKS
+    severity: str  # "error" or "warning" ("ignore"d findings are only counted)
+    paths: list[str]  # relative to the data root
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "severity": self.severity, "paths": list(self.paths), "message": self.message}
+
+
+@dataclass
+class ValidationReport:
+    """What validate_dataset found and wrote; `to_dict()` is exactly the content of validation.json."""
+
+    ok: bool
+    errors: list[Finding]
+    warnings: list[Finding]
+    json_path: Path
+    md_path: Path
+    stats: dict[str, Any] = field(default_factory=dict)  # counts, patients, images, duplicates, timing, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.stats, "errors": [f.to_dict() for f in self.errors],
+                "warnings": [f.to_dict() for f in self.warnings]}
 
 
 def write_report(report: dict[str, Any], json_path: Path, md_path: Path) -> None:

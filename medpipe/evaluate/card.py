@@ -9,6 +9,7 @@ from typing import Any
 
 from medpipe.contracts import HEADLINE_METRICS
 from medpipe.fileio import atomic_write_text
+from medpipe.priors import decision_is_balanced
 
 __all__ = ["write_model_card"]
 
@@ -169,7 +170,7 @@ def _prior_text(prior: list[float] | None, classes: list[str]) -> str | None:
 
 
 def _decision_text(offset: list[float] | None, classes: list[str]) -> str:
-    if not offset or not any(offset):
+    if not decision_is_balanced(offset):
         return "arg-max of the outputs"
     shown = ", ".join(f"{c} {o:+.2f}" for c, o in zip(classes, offset))
     return f"under equal class priors: logit offsets {shown} (train.balanced_decision)"

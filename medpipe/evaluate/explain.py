@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe.evaluate.plots import _DPI, _save
+
 __all__ = ["grad_cam_maps", "pick_examples", "plot_grad_cam", "target_layer"]
 
 _logger = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ _logger = logging.getLogger(__name__)
 
 def target_layer(model):
     """The last convolutional feature map of a medpipe model (the layer Grad-CAM is defined on)."""
-    from medpipe.models import CustomCNN, ResNet18Classifier
+    from medpipe.models import CustomCNN, ResNet18Classifier  # torch stays off the CLI's start-up path
 
     if isinstance(model, ResNet18Classifier):
         return model.backbone.layer4
@@ -81,8 +83,6 @@ def plot_grad_cam(model, images: np.ndarray, labels: np.ndarray, probs: np.ndarr
     the Grad-CAM map of the predicted class over the image. None when there is nothing to draw."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from medpipe.evaluate.plots import _DPI, _save
 
     picked = pick_examples(labels, probs, per_class)
     if not picked:

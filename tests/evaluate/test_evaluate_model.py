@@ -15,8 +15,9 @@ from torch import nn
 from medpipe_testdata import write_dataset
 from medpipe.config import load_config
 from medpipe.data.cache import build_cache, load_cache
-from medpipe.evaluate import evaluate_model, predict_probs
 from medpipe.evaluate.metrics import compute_metrics
+from medpipe.evaluate.predict import predict_probs
+from medpipe.evaluate.stage import evaluate_model
 from medpipe.priors import apply_prior_correction
 from medpipe.train import load_checkpoint, train_model
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from medpipe.config import load_config
 from medpipe.data.cache import build_cache, load_cache
-from medpipe.evaluate import evaluate_model, predict_probs
 from medpipe.evaluate.explain import grad_cam_maps, pick_examples, plot_grad_cam
+from medpipe.evaluate.predict import predict_probs
+from medpipe.evaluate.stage import evaluate_model
 from medpipe.train import load_checkpoint, train_model
 
 
