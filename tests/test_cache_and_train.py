@@ -84,8 +84,9 @@ def test_resume_continues_where_it_stopped_and_refuses_overwrite(tiny_dataset: P
 
 
 def test_early_stopping(tiny_dataset: Path, tmp_path: Path):
+    # lr 1e-12 (the config takes no lr 0) moves no float32 weight: the loss stops improving.
     cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'c'}", "train.epochs=20",
-                             "train.patience=2", "train.monitor=loss", "train.lr=0", "train.device=cpu",
+                             "train.patience=2", "train.monitor=loss", "train.lr=1e-12", "train.device=cpu",
                              "models.custom_cnn.dropout=0", "augment.enabled=false", "train.batch_size=8"])
     cache = build_cache(tiny_dataset, cfg)
     out = train_model(cache, "custom_cnn", cfg, tmp_path / "es")
