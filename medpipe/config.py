@@ -2,6 +2,9 @@
 
 Unknown keys and bad values are errors that name the key, the value and what is allowed (pydantic does the
 checking; we only reword its messages). Every stage saves the resolved config beside its outputs.
+
+The data sections live here; training's in medpipe.config_training, shipping's in medpipe.config_shipping (all
+importable from here), and the number types that give every setting its range in medpipe.config_types.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, ValidationError, model_validator
+from pydantic import ValidationError, model_validator
 from pydantic.dataclasses import dataclass
 
 from medpipe.config_shipping import ExportConfig, GateConfig, ScoreConfig, StoreConfig
+from medpipe.config_training import (AugmentConfig, CustomCnnConfig, EvaluateConfig, ModelsConfig,
+                                     ResnetConfig, TrainConfig)
+from medpipe.config_types import STRICT, UNION_TAGS, Count, Float, Int
 
 __all__ = [
     "Config",
@@ -27,6 +33,7 @@ __all__ = [
     "AugmentConfig",
     "TrainConfig",
     "ResnetConfig",
+    "CustomCnnConfig",
     "ModelsConfig",
     "EvaluateConfig",
     "GateConfig",
@@ -42,7 +49,6 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_NAME = "default.yaml"
-MODEL_NAMES = ("custom_cnn", "resnet18")
 # Every validation check and the severity it gets unless the config says otherwise.
 VALIDATION_CHECKS = {
     "unreadable": "error",  # zero-byte, truncated, not an image, cannot be decoded
@@ -62,20 +68,18 @@ VALIDATION_CHECKS = {
 }
 Severity = Literal["error", "warning", "ignore"]
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
-
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key, the value and what is allowed."""
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class DataConfig:
     classes: list[str] = field(default_factory=lambda: ["normal", "benign", "cancer"])  # output order
     # Folder names accepted for a class (folder -> class).
     label_aliases: dict[str, str] = field(default_factory=lambda: {"malignant": "cancer"})
-    image_size: int = 224  # images are resized to image_size x image_size, single channel
-    max_pixels: int = 64_000_000  # larger images are refused: a guard against decompression bombs
+    image_size: Int = 224  # images are resized to image_size x image_size, single channel
+    max_pixels: Count = 64_000_000  # larger images are refused: a guard against decompression bombs
     # Patient id = first group of this regex on the file name. Default fits DDSM/CBIS-DDSM names:
     # A_0003_1.LEFT_CC.jpg -> A_0003_1, P_00001_LEFT_CC.jpg -> P_00001 (the part before the laterality).
     patient_id_pattern: str = r"^(.+?)[._-](?:LEFT|RIGHT)(?:[._-]|$)"
@@ -107,7 +111,7 @@ class DataConfig:
                 raise ValueError(f"data.label_aliases.{alias}={target!r} is not one of data.classes {self.classes}")
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class ValidateConfig:
     # Per-check severity; "error" fails `medpipe validate` (non-zero exit) and the pipeline.
     severity: dict[str, Severity] = field(default_factory=lambda: dict(VALIDATION_CHECKS))
@@ -115,17 +119,17 @@ class ValidateConfig:
     # per image, cheap). Re-encoded (JPEG q60-95), resized (+-10 %) or brightened (+-10 %) copies of 400 real
     # mammograms reach 8 at most, so 10 screens them all (20k pairs on mammo-ddsm). Alone it is useless: at 4 it
     # flagged 360 pairs of different patients whose breast outlines look alike; hence the confirmation below.
-    near_duplicate_distance: int = 10
+    near_duplicate_distance: Int = 10
     # Confirmed: 256-bit phash (hash_size=16, sees texture, not just the outline) within this distance.
     # Evidence (mammo-ddsm, 2,766 images): those copies median 2, p95 4, max 6 (an additive shift of +-10 % of
     # full scale: median 4, p95 20); closest pair of different patients 30, then 32, 32, 32 (the old 360 false
     # alarms 36-112). 20 sits between: it confirmed 358 of 360 such copies injected into the data, and nothing else.
     # Known gap: crops of 2-5 % (median 42) and 1-2 deg rotations (median 30) move this hash as far as a different
     # patient does, so such copies are mostly not confirmed.
-    near_duplicate_confirm_distance: int = 20
+    near_duplicate_confirm_distance: Int = 20
     # source_confound fires when file format, stored mode or native size alone tells a class from the others
     # with at least this balanced accuracy (leave-one-out, one-vs-rest; chance 0.5): medpipe/data/source_check.py.
-    source_confound_threshold: float = 0.8
+    source_confound_threshold: Float = 0.8
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.severity) - set(VALIDATION_CHECKS))
@@ -143,101 +147,7 @@ class ValidateConfig:
                              f"got {self.near_duplicate_confirm_distance}")
 
 
-@dataclass(kw_only=True, config=_STRICT)
-class AugmentConfig:
-    enabled: bool = True
-    rotation_degrees: float = 30.0
-    crop_scale: tuple[float, float] = (0.7, 1.0)  # random resized crop: area fraction
-    crop_ratio: tuple[float, float] = (0.7, 1.3)  # random resized crop: aspect ratio
-    hflip_p: float = 0.5
-    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
-    contrast: float = 0.3
-    erasing_p: float = 0.3
-    mixup_alpha: float = 0.3  # 0 disables mixup
-
-
-@dataclass(kw_only=True, config=_STRICT)
-class TrainConfig:
-    epochs: int = 50
-    batch_size: int = 32
-    optimizer: Literal["adamw"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
-    scheduler: Literal["cosine", "none"] = "cosine"
-    patience: int = 10  # early stopping: epochs without improvement of `monitor`
-    monitor: Literal["macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy", "loss"] = "macro_auc"
-    label_smoothing: float = 0.1
-    class_weights: list[float] | Literal["auto", "none"] = field(default_factory=lambda: [0.1, 3.0, 4.0])
-    weighted_sampling: bool = True  # draw batches with probability inverse to class frequency
-    # Decide under equal class priors whatever sampling x class weights taught: evaluated/exported logits get
-    # log(uniform / training prior) added (post-hoc logit adjustment, Menon et al. 2021); 0 with sampling alone.
-    balanced_decision: bool = True
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    eval_batch_size: int = 256
-    # Exponential moving average of the weights (torch.optim.swa_utils), updated every step; validation, best.pt
-    # and export use the averaged weights. 0 = off (the original classifier had none). With a small val split the
-    # raw weights' val metric jumps between epochs, and selecting the best epoch picks a lucky spike; the
-    # average moves smoothly. Typical: 0.99-0.999 (horizon ~ 1 / (1 - decay) steps).
-    ema_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no weight averaging), got {self.ema_decay}")
-
-
-@dataclass(kw_only=True, config=_STRICT)
-class CustomCnnConfig:
-    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # the 4 conv layers
-    dropout: float = 0.5
-
-
-@dataclass(kw_only=True, config=_STRICT)
-class ResnetConfig:
-    # imagenet: torchvision's weights (download or TORCH_HOME); none: random init; otherwise a path to a .pth.
-    weights: str = "imagenet"
-    dropout: float = 0.5
-    head_lr: float = 1e-3
-    backbone_lr: float = 1e-4
-    # Progressive unfreezing: head only first, then layer4, layer3, ... one more every N epochs (0 = all at once).
-    unfreeze_every: int = 5
-
-
-@dataclass(kw_only=True, config=_STRICT)
-class ModelsConfig:
-    names: list[Literal["custom_cnn", "resnet18"]] = field(default_factory=lambda: list(MODEL_NAMES))
-    custom_cnn: CustomCnnConfig = field(default_factory=CustomCnnConfig)
-    resnet18: ResnetConfig = field(default_factory=ResnetConfig)
-
-
-@dataclass(kw_only=True, config=_STRICT)
-class EvaluateConfig:
-    splits: list[Literal["val", "test"]] = field(default_factory=lambda: ["val", "test"])  # missing ones skipped
-    select_split: Literal["val", "test"] = "val"  # the split the comparison summary ranks models on
-    # Patient-level bootstrap: 95 % intervals of macro AUC and balanced accuracy in metrics.json, the model card and
-    # the summary (medpipe/evaluate/uncertainty.py). 0 = off.
-    bootstrap_resamples: int = 1000
-    # Grad-CAM grid per split (plots/<split>_gradcam.png, in the model card): for each true class this many most
-    # confident right calls and as many worst misses, with where the model found its evidence. 0 = off.
-    explain_per_class: int = 2
-    # Score each split again with everything outside the largest bright region blacked out (on a mammogram: film
-    # labels, markers, borders) and report the paired difference (medpipe/evaluate/reliance.py).
-    outside_region_check: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.explain_per_class <= 8:
-            raise ValueError(f"evaluate.explain_per_class must be in 0..8 (0 = no Grad-CAM plot), "
-                             f"got {self.explain_per_class}")
-        if self.bootstrap_resamples < 0:
-            raise ValueError(f"evaluate.bootstrap_resamples must be >= 0 (0 = no intervals), "
-                             f"got {self.bootstrap_resamples}")
-
-
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -283,18 +193,20 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
+    """Reword pydantic's errors as one line per bad setting: `key=value: what is allowed`."""
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        key = ".".join(str(p) for p in err["loc"] if p not in UNION_TAGS) or "<root>"
         value = err.get("input")
-        if not err["loc"]:  # a cross-field check: the message already names the keys
-            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] or (err["type"] == "value_error" and message.startswith(f"{key}.")):
+            lines.append(f"  {message}")  # a section's own check: the message already names the keys
         elif err["type"] == "unexpected_keyword_argument" or err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {value!r})")
         elif err["type"] == "value_error":
-            lines.append(f"  {key}: {err['msg'].removeprefix('Value error, ')}")
+            lines.append(f"  {key}: {message}")
         else:
-            lines.append(f"  {key}={value!r}: {err['msg']}")
+            lines.append(f"  {key}={value!r}: {message}")
     return "\n".join(lines)
 
 

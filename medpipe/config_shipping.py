@@ -7,53 +7,71 @@ medpipe.config like every other section.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict
+from pydantic import Field
 from pydantic.dataclasses import dataclass
+
+from medpipe.config_types import STRICT, Count, CountOrOff, Float, Int, NonNegativeFloat
 
 __all__ = ["GateConfig", "ExportConfig", "StoreConfig", "ScoreConfig"]
 
-_STRICT = ConfigDict(extra="forbid", validate_assignment=True)  # as medpipe.config: unknown keys are errors
+# Gate metrics that count images (medpipe.evaluate.metrics.flatten_metrics); every other one is a rate in [0, 1].
+_COUNT_METRICS = ("n",)
+_COUNT_METRIC_PREFIXES = ("support_",)
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class GateConfig:
     primary_metric: str = "macro_auc"  # ranks the two models to pick the challenger
     split: Literal["val", "test"] = "val"
-    # Absolute thresholds: metric name -> minimum. "recall_<class>" is per-class recall.
-    min_metrics: dict[str, float] = field(
+    # Absolute thresholds: metric name -> minimum. "recall_<class>" is per-class recall. A rate's minimum is in
+    # [0, 1]; only the counts n and support_<class> (images in the split, of a class) take larger minimums.
+    min_metrics: dict[str, NonNegativeFloat] = field(
         default_factory=lambda: {"macro_auc": 0.80, "balanced_accuracy": 0.55, "recall_cancer": 0.40}
     )
     must_beat_baseline: bool = True  # balanced accuracy above the majority-class baseline's
-    champion_tolerance: float = 0.01  # challenger may trail the re-scored champion by at most this much
+    # The challenger may trail the re-scored champion's primary metric (a rate) by at most this much; 1 = never.
+    champion_tolerance: Annotated[Float, Field(ge=0, le=1)] = 0.01
+
+    def __post_init__(self) -> None:
+        for name, minimum in self.min_metrics.items():
+            is_count = name in _COUNT_METRICS or name.startswith(_COUNT_METRIC_PREFIXES)
+            if minimum > 1 and not is_count:
+                raise ValueError(f"gate.min_metrics.{name}={minimum}: {name} is a rate, its minimum must be in "
+                                 "[0, 1] (only the counts n and support_<class> go above 1)")
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class ExportConfig:
-    opset: int = 20
-    parity_atol: float = 1e-4  # max |probability difference| ONNX Runtime vs torch on real images
-    parity_images: int = 64
+    # ONNX opset: 18 is the one torch's dynamo exporter writes (lower ones go through onnx's version converter,
+    # which not every operator survives); 23 is the newest torch 2.14 supports (torch.onnx._constants
+    # .ONNX_MAX_OPSET).
+    opset: Annotated[Int, Field(ge=18, le=23)] = 20
+    # Max |probability difference| ONNX Runtime vs torch on real images; 1 or more would pass anything.
+    parity_atol: Annotated[Float, Field(gt=0, lt=1)] = 1e-4
+    parity_images: Count = 64
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class StoreConfig:
     uri: str = "./medpipe-store"  # a local directory, or s3://bucket/prefix
     endpoint_url: str | None = None  # MinIO or another S3-compatible server
     region: str | None = None
-    max_attempts: int = 5  # botocore retries with exponential backoff
-    multipart_threshold_mb: int = 64
+    max_attempts: Count = 5  # botocore tries in all, with exponential backoff between them
+    # Files above this size are uploaded in parts of this size: S3 takes parts of 5 MiB to 5 GiB.
+    multipart_threshold_mb: Annotated[Int, Field(ge=5, le=5 * 1024)] = 64
 
 
-@dataclass(kw_only=True, config=_STRICT)
+@dataclass(kw_only=True, config=STRICT)
 class ScoreConfig:
-    batch_size: int = 64
-    decode_workers: int = 2  # threads decoding images while the previous batch runs
+    batch_size: Count = 64
+    decode_workers: Count = 2  # threads decoding images while the previous batch runs
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    intra_op_threads: int = 0  # ONNX Runtime threads per operator on CPU; 0 = one per physical core
+    intra_op_threads: CountOrOff = 0  # ONNX Runtime threads per operator on CPU; 0 = one per physical core
     # Class prevalence the risk_<class> columns assume (data.classes order), e.g. a screening population's;
-    # None = the training set's. Rescaled to sum 1.
-    prevalence: list[float] | None = None
+    # None = the training set's. Non-negative, rescaled to sum 1.
+    prevalence: list[Float] | None = None
 
     def __post_init__(self) -> None:
         if self.prevalence is not None and (min(self.prevalence, default=-1) < 0 or not sum(self.prevalence) > 0):

@@ -9,7 +9,8 @@ Images go through `medpipe.preprocess.load_image`, the function that built the t
 model sees in production exactly the pixels it was evaluated on. Decoding runs in a thread pool (PIL releases the
 GIL) a couple of batches ahead of inference, so decoding and ONNX Runtime overlap. Files that cannot be scored
 (unsupported type, corrupt, too large, a link leading outside the folder) go to `<output stem>.errors.csv` with
-the reason; they are counted, never fatal. Outputs are written atomically; an existing output is kept unless
+the reason; they are counted, never fatal. Every file found under the folder ends up in exactly one row of the two
+files, which is checked before they are written. Outputs are written atomically; an existing output is kept unless
 `resume` (score only what is missing, keep its rows) or `overwrite` is asked for.
 """
 
@@ -19,8 +20,8 @@ import csv
 import logging
 import tempfile
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,12 @@ __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
 
 _logger = logging.getLogger(__name__)
 _PREFETCH_BATCHES = 2  # decode this many batches ahead of inference
+_SHOWN_PATHS = 5  # paths an error or warning lists before "..."
 
 
 class ScoreError(RuntimeError):
-    """Scoring cannot start (bad paths, an existing output, an output from another model version)."""
+    """Scoring cannot start (bad paths, an existing output, an output from another model version), or its rows do
+    not account for every input file exactly once."""
 
 
 def errors_path_for(output_csv: str | Path) -> Path:
@@ -107,6 +110,45 @@ def _read_existing(output_csv: Path, header: list[str], version: str) -> list[li
         raise ScoreError(f"--resume: {output_csv} holds rows of model version(s) {versions}, now scoring with "
                          f"{version!r}; mixing versions in one file is refused, score into a new file")
     return rows
+
+
+def _keep_current(rows: list[list[str]], images: list[tuple[str, Path]], output_csv: Path) -> list[list[str]]:
+    """The rows of an earlier output to keep on --resume: one per path, for files that are images to score now.
+
+    A row for a file that has left the folder, is now refused (it gets a row in the errors file) or repeats a
+    path would put a file in the outputs twice, or one that is not there; such rows are dropped, with a warning.
+    """
+    current = {rel for rel, _ in images}
+    kept, seen, dropped = [], set(), []
+    for row in rows:
+        if row[0] in current and row[0] not in seen:
+            kept.append(row)
+            seen.add(row[0])
+        else:
+            dropped.append(row[0])
+    if dropped:
+        _logger.warning("--resume: dropped %d row(s) of %s for files no longer in the input folder, now refused (see "
+                        "the errors file) or listed twice: %s", len(dropped), output_csv, _some(dropped))
+    return kept
+
+
+def _some(paths: Collection[str]) -> str:
+    """The first few paths, for a message."""
+    shown = ", ".join(sorted(paths)[:_SHOWN_PATHS])
+    return shown + (", ..." if len(paths) > _SHOWN_PATHS else "")
+
+
+def _check_accounted(found: list[str], rows: list[list[str]], errors: list[tuple[str, str]]) -> None:
+    """Raise ScoreError unless every found file is in exactly one prediction or error row, and no row is for
+    a file that was not found: whatever goes wrong in batching or resuming, no file goes missing unnoticed."""
+    counts = Counter([row[0] for row in rows] + [rel for rel, _ in errors])
+    wrong = {"in neither": set(found) - set(counts),
+             "in more than one row": {rel for rel, n in counts.items() if n > 1},
+             "not found in the input folder": set(counts) - set(found)}
+    problems = [f"{len(paths)} {what} ({_some(paths)})" for what, paths in wrong.items() if paths]
+    if problems:
+        raise ScoreError(f"scoring lost track of files: {len(found)} found, {len(rows)} prediction rows and "
+                         f"{len(errors)} error rows; {'; '.join(problems)}. Nothing was written")
 
 
 def _decode_batches(files: list[tuple[str, Path]], size: int, max_pixels: int, batch_size: int, workers: int,
@@ -235,7 +277,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
 
     Returns:
         Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
-        errors, seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them).
+        errors, dropped (rows of an earlier output dropped on resume: their files are gone or now refused),
+        seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them).
     """
     input_dir, output_csv = Path(input_dir), Path(output_csv)
     _check_paths(input_dir, output_csv, resume, overwrite)
@@ -251,11 +294,12 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     version = str(source.get("version") or info.version or "unversioned")
     factors, risk_prevalence = _risk_factors(info, cfg.score.prevalence, model_ref_or_path)
     header = _header(info.classes, factors is not None)
-    rows = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
+    earlier = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
+    images, errors = list_input_files(input_dir, cfg.data.exclude)
+    found = [rel for rel, _ in images] + [rel for rel, _ in errors]
+    rows = _keep_current(earlier, images, output_csv)
     kept = len(rows)
     done = {row[0] for row in rows}
-    images, errors = list_input_files(input_dir, cfg.data.exclude)
-    n_files = len(images) + len(errors)
     todo = [(rel, path) for rel, path in images if rel not in done]
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -269,14 +313,15 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
             _logger.warning("interrupted: %d rows saved to %s; rerun with --resume to finish", len(rows), output_csv)
         raise
     seconds = time.perf_counter() - started
+    _check_accounted(found, rows, errors)
     _write_csv_atomic(output_csv, header, rows)
     errors_file = errors_path_for(output_csv)
     _write_csv_atomic(errors_file, ["path", "reason"], [list(e) for e in errors])
     scored = len(rows) - kept
     summary = {"output": str(output_csv), "errors_file": str(errors_file), "provider": active_provider(session),
                "model_version": version, "model_name": info.model_name, "model_sha256": source.get("sha256"),
-               "files": n_files, "scored": scored, "kept": kept,
-               "errors": len(errors), "seconds": round(seconds, 3),
+               "files": len(found), "scored": scored, "kept": kept,
+               "errors": len(errors), "dropped": len(earlier) - kept, "seconds": round(seconds, 3),
                "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
                "prior_correction": factors, "risk_prevalence": risk_prevalence}
     _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,

@@ -84,6 +84,7 @@ def test_resume_continues_where_it_stopped_and_refuses_overwrite(tiny_dataset: P
 
 
 def test_early_stopping(tiny_dataset: Path, tmp_path: Path):
+    # lr 1e-12 (the config takes no lr 0) moves no float32 weight: the loss stops improving.
     cfg = load_config(None, ["data.image_size=32", f"data.cache_dir={tmp_path / 'c'}", "train.epochs=20",
                              # a rate too small to change a prediction (0 is not a valid rate): accuracy stays put
                              "train.patience=2", "train.monitor=balanced_accuracy", "train.lr=1e-12",

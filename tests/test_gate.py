@@ -81,10 +81,13 @@ def test_first_run_applies_only_the_absolute_gates(trained_run, tmp_path):  # no
 
 
 def test_a_threshold_that_is_not_met_fails_with_its_reason(trained_run, tmp_path):  # noqa: F811
-    cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 1.01}", "gate.must_beat_baseline=false")
-    decision = gate_models(trained_run.metrics, cfg, tmp_path / "gate.json")
+    # The synthetic split is separable (AUC 1.0), so no minimum in [0, 1] fails on its own: lower the AUC.
+    metrics = {name: _edited(path, tmp_path / f"{name}.json", lambda val: val.update(macro_auc=0.9))
+               for name, path in trained_run.metrics.items()}
+    cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.95}", "gate.must_beat_baseline=false")
+    decision = gate_models(metrics, cfg, tmp_path / "gate.json")
     assert decision["passed"] is False
-    assert any(r.startswith("macro_auc") and "< minimum 1.01" in r for r in decision["reasons"])
+    assert any(r.startswith("macro_auc 0.9000 < minimum 0.95") for r in decision["reasons"])
     assert any("no model store given" in r for r in decision["reasons"])
 
     cfg = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}", "gate.must_beat_baseline=false")

@@ -3,6 +3,7 @@ torch evaluation path on the very same files."""
 
 from __future__ import annotations
 
+import copy
 import csv
 import shutil
 from pathlib import Path
@@ -199,6 +200,63 @@ def test_existing_output_is_kept_and_resume_scores_only_new_files(trained_run, m
 
     again = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, overwrite=True)
     assert again["kept"] == 0 and again["errors"] == 1  # the corrupt file now counts
+
+
+def _found(folder: Path) -> set[str]:
+    """Every file under `folder`, as score_folder names it (found independently of medpipe.score)."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
+def _assert_each_file_once(folder: Path, out: Path, summary: dict) -> None:
+    """The predictions and the errors file together hold every file under `folder` exactly once, and no other."""
+    predicted = [r["path"] for r in _read(out)]
+    refused = [e["path"] for e in _read(errors_path_for(out))]
+    assert len(set(predicted)) == len(predicted) and len(set(refused)) == len(refused), "a file listed twice"
+    assert not set(predicted) & set(refused), "a file both predicted and refused"
+    assert set(predicted) | set(refused) == _found(folder)
+    assert summary["files"] == len(_found(folder)) == summary["scored"] + summary["kept"] + summary["errors"]
+
+
+def test_every_file_is_in_exactly_one_output_also_on_resume(trained_run, model_dir, tmp_path, caplog):  # noqa: F811
+    folder = _images_folder(trained_run, tmp_path / "in")
+    pngs = sorted(folder.rglob("*.png"))
+    (folder / "bad").mkdir()
+    (folder / "bad" / "corrupt.png").write_bytes(pngs[0].read_bytes()[:50])
+    (folder / "bad" / "notes.txt").write_text("not an image")
+    shutil.copyfile(pngs[1], folder / "bad" / "scan_mask.png")  # matches data.exclude: refused, not scored
+    out = tmp_path / "preds.csv"
+    first = score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg)
+    _assert_each_file_once(folder, out, first)
+    assert first["errors"] == 3 and first["dropped"] == 0
+
+    # Resume after the folder changed: a scored file left, another is now excluded, a new one and a corrupt one
+    # arrived. The kept rows count towards "exactly once": the two stale rows go, with a warning naming them.
+    gone, now_excluded = pngs[2].relative_to(folder).as_posix(), pngs[3].relative_to(folder).as_posix()
+    pngs[2].unlink()
+    shutil.copyfile(pngs[4], folder / "bad" / "new.png")
+    (folder / "bad" / "new-corrupt.png").write_bytes(b"garbage")
+    cfg = shipping_config(trained_run.work, f"data.exclude=['*_mask.*', '{pngs[3].name}']")
+    with caplog.at_level("WARNING", logger="medpipe.score"):
+        second = score_folder(model_dir / "model.onnx", folder, out, cfg, resume=True)
+    _assert_each_file_once(folder, out, second)
+    assert (second["kept"], second["scored"], second["dropped"]) == (first["scored"] - 2, 1, 2)
+    assert now_excluded in {e["path"] for e in _read(errors_path_for(out))}
+    assert any("dropped 2 row(s)" in r.message and gone in r.message and now_excluded in r.message
+               for r in caplog.records)
+
+
+def test_a_file_lost_on_the_way_is_an_error_not_a_gap(trained_run, model_dir, tmp_path):  # noqa: F811
+    """score.batch_size 0 (refused by the config since) decoded nothing and wrote an empty CSV; forced past the
+    config, it now stops scoring with the counts, and no output is written."""
+    folder = _images_folder(trained_run, tmp_path / "in")
+    cfg = copy.deepcopy(trained_run.cfg)
+    object.__setattr__(cfg.score, "batch_size", 0)  # past validate_assignment, as a bug in batching would be
+    out = tmp_path / "preds.csv"
+    n = len(_found(folder))
+    with pytest.raises(ScoreError, match=rf"scoring lost track of files: {n} found, 0 prediction rows and 0 error "
+                                         rf"rows; {n} in neither \(benign/.*, \.\.\.\)\. Nothing was written"):
+        score_folder(model_dir / "model.onnx", folder, out, cfg)
+    assert not out.exists() and not errors_path_for(out).exists()
 
 
 def test_refusals(trained_run, model_dir, tmp_path):  # noqa: F811

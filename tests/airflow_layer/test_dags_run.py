@@ -28,8 +28,8 @@ PUBLISH_TASKS = {"export", "publish"}
 FAST_TRAINING = ["data.image_size=32", "train.epochs=3", "train.batch_size=8", "train.patience=5", "train.device=cpu",
                  "train.class_weights=none", "train.weighted_sampling=false", "augment.enabled=false",
                  "models.resnet18.weights=none"]
-# A learning rate of 1e-12 everywhere (ResNet-18 has its own head/backbone rates; 0 is not a valid rate): both
-# models stay at their random init.
+# Learning rate 1e-12 everywhere (ResNet-18 has its own head/backbone rates; the config takes no rate of 0): no
+# float32 weight moves, both models stay at their random init.
 UNTRAINED = ["train.lr=1e-12", "models.resnet18.head_lr=1e-12", "models.resnet18.backbone_lr=1e-12"]
 
 
