@@ -7,8 +7,9 @@ returns them as they are, so a resumed run or a retried Airflow task never redoe
 `medpipe run` runs the core stages in order (start ... summarize); `medpipe gate`, `medpipe export` and
 `medpipe publish` run the shipping stages; the DAG has one task per stage and per model, in the same order.
 
-Heavy modules (torch, the models, evaluation) are imported inside the stage functions: the CLI's `--help` and the
-DAG files import this module and must not pay torch's start-up time.
+Modules that import torch or scikit-learn (the models, evaluation, the gate, the summary) are imported inside the
+stage functions: the CLI's `--help` and the DAG files import this module and must not pay their start-up time
+(a test checks that importing it loads neither).
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medpipe.config import Config
+from medpipe.config import Config, config_to_dict
+from medpipe.contracts import read_gate_decision
+from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_complete
+from medpipe.data.validate import format_validation_summary, validate_dataset
+from medpipe.export import export_onnx
+from medpipe.registry import new_version_name, publish_version, validate_name
+from medpipe.release import read_release, stage_release_files
 from medpipe.run_folder import RunFolder, RunFolderError
+from medpipe.store import open_store
+from medpipe.train import train_model
 
 __all__ = ["Stage", "STAGES", "CORE_STAGES", "PipelineError", "stage", "stage_task_ids", "run_stage",
            "start_run", "run_pipeline", "validate", "cache", "train", "evaluate", "summarize", "gate", "export",
@@ -37,8 +46,7 @@ def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: b
     """The first stage: check the pretrained weights (a missing file stops the run in seconds, not after the first
     model trained for an hour), hash the dataset's manifest, and open `out_dir` as this run's folder
     (RunFolder.create: a folder holding another run is refused before anything is written)."""
-    from medpipe.data.cache import dataset_manifest
-    from medpipe.models import check_pretrained_weights  # torch stays off the start-up path
+    from medpipe.models import check_pretrained_weights  # torch stays off the CLI's and DAG files' start-up path
 
     check_pretrained_weights(cfg)
     manifest, _ = dataset_manifest(data_root, cfg)
@@ -47,7 +55,6 @@ def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: b
 
 def validate(run: RunFolder, cfg: Config) -> Path:
     """validation/validation.{json,md}; raises PipelineError when a check of severity "error" fired."""
-    from medpipe.data.validate import format_validation_summary, validate_dataset
 
     report = validate_dataset(run.data_root(), cfg, run.validation_dir)
     _logger.info("validation:\n%s", format_validation_summary(report))
@@ -59,7 +66,6 @@ def validate(run: RunFolder, cfg: Config) -> Path:
 
 def cache(run: RunFolder, cfg: Config) -> Path:
     """The decoded-image cache of the run's dataset (shared between runs: keyed by the dataset's content)."""
-    from medpipe.data.cache import build_cache
 
     return build_cache(run.data_root(), cfg)
 
@@ -67,7 +73,6 @@ def cache(run: RunFolder, cfg: Config) -> Path:
 def _cache_dir(run: RunFolder, cfg: Config) -> Path:
     """The cache the cache stage made, found from the run's identity without hashing the dataset again; built
     when it is gone (a cleaned cache folder) or the run predates identities."""
-    from medpipe.data.cache import build_cache, cache_dir_for, is_complete
 
     identity = run.identity()
     if identity is not None and is_complete(found := cache_dir_for(identity.data_manifest_hash, cfg)):
@@ -77,7 +82,6 @@ def _cache_dir(run: RunFolder, cfg: Config) -> Path:
 
 def train(run: RunFolder, cfg: Config, model: str) -> Path:
     """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted."""
-    from medpipe.train import train_model
 
     if run.history_path(model).is_file():
         _logger.info("%s is trained already (%s)", model, run.history_path(model))
@@ -88,7 +92,7 @@ def train(run: RunFolder, cfg: Config, model: str) -> Path:
 
 def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
     """models/<model>/eval/: metrics.json (last), predictions, plots, model card."""
-    from medpipe.evaluate import evaluate_model
+    from medpipe.evaluate.stage import evaluate_model  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     if run.metrics_path(model).is_file():
         return run.metrics_path(model)
@@ -97,7 +101,7 @@ def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
 
 def summarize(run: RunFolder, cfg: Config) -> Path:
     """summary.{json,md}: every model beside the majority baseline; marks the core run finished."""
-    from medpipe.pipeline import summarize_models
+    from medpipe.pipeline import summarize_models  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     if run.finished:
         return run.summary_path
@@ -109,7 +113,6 @@ def summarize(run: RunFolder, cfg: Config) -> Path:
 
 def _gate_settings(cfg: Config) -> dict[str, Any]:
     """What a gate decision depends on besides the run: its thresholds and the store holding the champion."""
-    from medpipe.config import config_to_dict
 
     return {"gate": config_to_dict(cfg)["gate"], "store": cfg.store.uri}
 
@@ -122,9 +125,7 @@ def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -
     registry rely on it. `decision_path` writes a what-if decision elsewhere (never over an existing file),
     leaving the run's own as it is.
     """
-    from medpipe.contracts import read_gate_decision
-    from medpipe.gate import gate_models
-    from medpipe.store import open_store
+    from medpipe.gate import gate_models  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     target = Path(decision_path) if decision_path is not None else run.gate_path
     if target.is_file():
@@ -141,7 +142,6 @@ def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -
 
 
 def _gated_model(run: RunFolder) -> str:
-    from medpipe.contracts import read_gate_decision
 
     if not run.gate_path.is_file():
         raise FileNotFoundError(f"{run.gate_path} does not exist: run `medpipe gate --run {run.root}` first, "
@@ -167,9 +167,6 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
         {"version_dir", "model_name", "version"}: what `publish` takes. An export already there is returned as it
         is when it matches the request, and refused when it does not.
     """
-    from medpipe.export import export_onnx
-    from medpipe.registry import new_version_name, validate_name
-    from medpipe.release import read_release, stage_release_files
 
     name = model or _gated_model(run)
     out = Path(out_dir) if out_dir is not None else run.release_dir
@@ -188,9 +185,6 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
 
 def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) -> dict[str, Any]:
     """Upload the release to cfg.store as models/<name>/<version>/ and move the champion pointer (last)."""
-    from medpipe.registry import publish_version
-    from medpipe.release import read_release
-    from medpipe.store import open_store
 
     release = release or read_release(run.release_dir)
     if release is None:

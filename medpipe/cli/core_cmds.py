@@ -11,6 +11,7 @@ from medpipe.contracts import read_metrics
 from medpipe.data.cache import build_cache
 from medpipe.data.validate import format_validation_summary, validate_dataset
 from medpipe.run_folder import default_run_dir
+from medpipe.stages import run_pipeline
 from medpipe.train import train_model
 
 __all__ = ["register"]
@@ -72,7 +73,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from medpipe.pipeline import render_summary_markdown  # scikit-learn stays off the CLI's start-up path
-    from medpipe.stages import run_pipeline
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir()

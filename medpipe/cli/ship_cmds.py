@@ -14,6 +14,7 @@ from typing import Any
 
 from medpipe.cli import config_from_args
 from medpipe.run_folder import ONNX_NAME, PARITY_NAME, RunFolder
+from medpipe.score import score_folder
 from medpipe.stages import export, gate
 
 __all__ = ["register", "EXIT_GATED"]
@@ -62,7 +63,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from medpipe.score import score_folder  # onnxruntime stays off the CLI's start-up path
 
     cfg = config_from_args(args)
     if args.store:
