@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -119,10 +120,16 @@ class ResNet18Classifier(nn.Module):
         return self.logit_offset(self.head(self.backbone(self.normalize(x))))
 
 
+_DOWNLOAD_TIMEOUT_S = 60  # per socket operation while fetching ImageNet weights
+
+
 def _load_resnet18_state(weights: str) -> dict:
     if weights == "imagenet":
         from torchvision.models import ResNet18_Weights
 
+        previous = socket.getdefaulttimeout()
+        # torch.hub opens the URL without a timeout; a server that accepts and never answers must not hang the run.
+        socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
         try:
             return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
         except Exception as exc:  # URLError, SSL errors, proxies: all mean "could not download"
@@ -134,6 +141,8 @@ def _load_resnet18_state(weights: str) -> dict:
                 f"--set models.resnet18.weights=/path/to/{_RESNET18_FILE}, or train from scratch with "
                 f"--set models.resnet18.weights=none"
             ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"models.resnet18.weights={weights!r}: expected 'imagenet', 'none' or an existing "

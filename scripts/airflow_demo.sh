@@ -82,23 +82,26 @@ import json, os
 from pathlib import Path
 
 from medpipe.config import StoreConfig
+from medpipe.contracts import read_gate_decision
 from medpipe.registry import list_versions, read_champion
+from medpipe.run_folder import RunFolder
 from medpipe.store import open_store
 
 store = open_store(StoreConfig(uri=os.environ["MEDPIPE_STORE_URI"]))
 work = Path(os.environ["MEDPIPE_WORK_ROOT"])
-runs = sorted((p for p in work.iterdir() if p.is_dir() and p.name != "cache"), key=lambda p: p.stat().st_mtime)
-retrain_run = next(p for p in reversed(runs) if (p / "gate.json").is_file())
-gate = json.loads((retrain_run / "gate.json").read_text())
-print(f"gate: {'PASSED' if gate['passed'] else 'FAILED'} for {gate['challenger']}: {'; '.join(gate['reasons'])}")
+folders = sorted((p for p in work.iterdir() if p.is_dir() and p.name != "cache"), key=lambda p: p.stat().st_mtime)
+retrain_run = next(run for run in map(RunFolder, reversed(folders)) if run.gate_path.is_file())
+gate = read_gate_decision(retrain_run.gate_path)
+print(f"gate: {'PASSED' if gate.passed else 'FAILED'} for {gate.challenger}: {'; '.join(gate.reasons)}")
 champion = read_champion(store)
 if champion:
     print(f"champion: {champion['model_name']}/{champion['version']} -> {store.uri(champion['key'])}")
     print(f"  val metrics: {json.dumps(champion['metrics'].get('val', {}))}")
 print(f"versions in the store: {len(list_versions(store))} ({store.uri('models')})")
-print(f"run folder (validation report, models, metrics, plots, model cards): {retrain_run}")
-for model_dir in sorted((retrain_run / "models").iterdir()):
-    print(f"  {model_dir.name}: {model_dir / 'eval' / 'model_card.md'}")
+print(f"run folder (validation report, models, metrics, plots, model cards, summary): {retrain_run.root}")
+print(f"  summary: {retrain_run.summary_md_path}")
+for name in retrain_run.config().models.names:
+    print(f"  {name}: {retrain_run.eval_dir(name) / 'model_card.md'}")
 scores = [k for k in store.list("scores/") if k.endswith("predictions.csv")]
 if scores:
     print(f"predictions: {store.uri(scores[-1])}")

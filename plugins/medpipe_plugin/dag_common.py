@@ -76,9 +76,14 @@ def _run_config() -> Config:
 def start() -> str:
     """medpipe's first stage: resolve the config, check the pretrained weights, hash the dataset and make the run
     folder (config.yaml, run.json). A retry of this run finds the same identity and goes on."""
+    from medpipe.config import ConfigError
+    from medpipe.run_folder import RunFolderError
     from medpipe.stages import start_run
 
-    run = start_run(run_dir(), _run_config(), get_current_context()["params"]["data_root"], resume=True)
+    try:
+        run = start_run(run_dir(), _run_config(), get_current_context()["params"]["data_root"], resume=True)
+    except (ConfigError, RunFolderError) as exc:  # bad settings or another run's folder: retrying cannot help
+        raise AirflowFailException(str(exc)) from exc
     return str(run.root)
 
 

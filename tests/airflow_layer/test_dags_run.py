@@ -132,7 +132,7 @@ def test_invalid_dataset_fails_the_run_at_validation(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", per_class=2, splits=("train",), size=32)  # no val split
     dag_run = _dags()["medpipe_retrain"].test(run_conf={
         "data_root": str(data), "config": "", "store_uri": str(tmp_path / "store"),
-        "work_root": str(tmp_path / "work"), "overrides": ["data.image_size=32"]})
+        "work_root": str(tmp_path / "work"), "overrides": ["data.image_size=32", "models.resnet18.weights=none"]})
     states = _states(dag_run)
     assert str(dag_run.state) == "failed"
     assert states["validate"] == "failed"
