@@ -25,6 +25,7 @@ from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
 from medpipe.priors import prior_metadata
+from medpipe.run_folder import PARITY_NAME
 from medpipe.train import load_checkpoint
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ __all__ = ["ParityError", "export_onnx", "export_module", "model_metadata", "che
 
 _logger = logging.getLogger(__name__)
 
-PARITY_NAME = "parity.json"
 INPUT_DESCRIPTION = "float32 raw pixels 0..255, single channel, shape (N, 1, H, W); N is dynamic"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 

@@ -30,12 +30,12 @@ from medpipe.evaluate.uncertainty import paired_difference_intervals
 from medpipe.onnx_runtime import active_provider, create_session, predict_onnx, read_model_info
 from medpipe.preprocess import PREPROCESS_VERSION
 from medpipe.registry import read_champion, resolve_model
+from medpipe.run_folder import GATE_NAME
 
 __all__ = ["GateError", "gate_models", "pick_challenger", "rescore_champion", "GATE_NAME"]
 
 _logger = logging.getLogger(__name__)
 
-GATE_NAME = "gate.json"
 Flat = dict[str, float | None]
 
 

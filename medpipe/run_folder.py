@@ -35,6 +35,8 @@ from medpipe.config import Config, config_to_dict, load_config, save_config
 from medpipe.fileio import atomic_write_text
 
 __all__ = ["RunFolder", "RunIdentity", "RunFolderError", "RUN_RECORD", "RELEASE_FILES", "RELEASE_EVAL_FILES",
+           "CHECKPOINT_NAMES", "HISTORY_NAME", "HISTORY_PLOT_NAME", "METRICS_NAME", "CARD_NAME", "GATE_NAME",
+           "PARITY_NAME", "ONNX_NAME", "CONFIG_NAME",
            "code_commit", "config_hash", "default_run_dir", "identity_settings"]
 
 _logger = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.json"
 CARD_NAME = "model_card.md"
 ONNX_NAME = "model.onnx"
+# A model folder (models/<name>/ of a run, or `medpipe train --out DIR/<name>`), written by medpipe.train.
+CHECKPOINT_NAMES = {"best": "best.pt", "last": "last.pt"}
+HISTORY_NAME = "history.json"
+HISTORY_PLOT_NAME = "history.png"
 PARITY_NAME = "parity.json"
 # What a release folder (and so a published registry version) holds beside model.onnx, from the run.
 RELEASE_EVAL_FILES = (METRICS_NAME, CARD_NAME)  # from models/<name>/eval/, required
@@ -149,12 +155,12 @@ class RunFolder:
         return self.root / "models" / model
 
     def checkpoint(self, model: str, kind: str = "best") -> Path:
-        if kind not in ("best", "last"):
+        if kind not in CHECKPOINT_NAMES:
             raise ValueError(f"checkpoint kind {kind!r}: expected 'best' or 'last'")
-        return self.model_dir(model) / f"{kind}.pt"
+        return self.model_dir(model) / CHECKPOINT_NAMES[kind]
 
     def history_path(self, model: str) -> Path:
-        return self.model_dir(model) / "history.json"
+        return self.model_dir(model) / HISTORY_NAME
 
     def eval_dir(self, model: str) -> Path:
         return self.model_dir(model) / "eval"

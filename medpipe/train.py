@@ -23,6 +23,7 @@ from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_
 from medpipe.evaluate.plots import plot_history
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.interrupts import Interrupted
+from medpipe.run_folder import CHECKPOINT_NAMES, HISTORY_NAME, HISTORY_PLOT_NAME
 
 __all__ = ["train_model", "load_checkpoint", "resolve_device", "TrainingError"]
 
@@ -111,7 +112,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     from medpipe.training_loop import TrainingState, run_epochs  # torch stays off the CLI's start-up path
 
     out_dir = Path(out_dir)
-    last_path = out_dir / "last.pt"
+    last_path = out_dir / CHECKPOINT_NAMES["last"]
     if not resume and last_path.exists():
         raise TrainingError(f"{out_dir} already holds a training run (last.pt); pass --resume to continue it, "
                             f"or choose another output folder (nothing is overwritten)")
@@ -142,7 +143,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
             model_name, cfg, data, state.epoch, state.best_score, state.priors)}
         if kind == "last":
             payload.update(state.resumable())
-        with atomic_output(out_dir / f"{kind}.pt") as tmp:
+        with atomic_output(out_dir / CHECKPOINT_NAMES[kind]) as tmp:
             torch.save(payload, tmp)
 
     try:
@@ -152,13 +153,13 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
         exc.hint = (f"`--resume` continues from {last_path} (epoch {state.epoch})" if last_path.is_file()
                     else "no epoch had finished; nothing to resume")
         raise
-    history_path = out_dir / "history.json"
+    history_path = out_dir / HISTORY_NAME
     summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
                "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
                "history": state.history}
     atomic_write_text(history_path, json.dumps(summary, indent=1))
-    plot_history(state.history, out_dir / "history.png")
+    plot_history(state.history, out_dir / HISTORY_PLOT_NAME)
     _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,
                  state.best_score, state.best_epoch, out_dir)
     return out_dir

@@ -32,14 +32,13 @@ from medpipe.evaluate.predict import predict_probs, resolve_device
 from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 from medpipe.preprocess import PREPROCESS_VERSION, preprocess_options
 from medpipe.priors import checkpoint_prior_correction
+from medpipe.run_folder import CARD_NAME, HISTORY_NAME, HISTORY_PLOT_NAME, METRICS_NAME
 from medpipe.train import load_checkpoint
 
 __all__ = ["evaluate_model", "read_predictions", "read_prediction_patients", "METRICS_NAME", "CARD_NAME"]
 
 _logger = logging.getLogger(__name__)
 
-METRICS_NAME = "metrics.json"
-CARD_NAME = "model_card.md"
 
 
 def _check_compatible(meta: dict[str, Any], data: Any, checkpoint: Path, cache_dir: Path) -> None:
@@ -115,7 +114,7 @@ def _split_plots(split: str, labels: np.ndarray, probs: np.ndarray, metrics: dic
 
 def _read_training_summary(run_dir: Path) -> dict[str, Any] | None:
     """The history.json that train_model writes beside the checkpoint: {"epochs_run", ..., "history": [...]}."""
-    path = run_dir / "history.json"
+    path = run_dir / HISTORY_NAME
     if not path.is_file():
         return None
     try:
@@ -134,8 +133,8 @@ def _read_training_summary(run_dir: Path) -> dict[str, Any] | None:
 
 def _history_plot(run_dir: Path, history: list[dict[str, Any]] | None, plots_dir: Path) -> Path | None:
     """Copy the training run's history.png, or draw it from history.json when only that exists."""
-    target = plots_dir / "history.png"
-    source = run_dir / "history.png"
+    target = plots_dir / HISTORY_PLOT_NAME
+    source = run_dir / HISTORY_PLOT_NAME
     if source.is_file():
         with atomic_output(target) as tmp:
             shutil.copyfile(source, tmp)
