@@ -24,6 +24,7 @@ from medpipe.config_shipping import ExportConfig, GateConfig, ScoreConfig, Store
 from medpipe.config_training import (AugmentConfig, CustomCnnConfig, EvaluateConfig, ModelsConfig,
                                      ResnetConfig, TrainConfig)
 from medpipe.config_types import STRICT, UNION_TAGS, Count, Float, Int
+from medpipe.fileio import atomic_write_text
 
 __all__ = [
     "Config",
@@ -292,8 +293,5 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
-    """Write the resolved config as YAML; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    return path
+    """Write the resolved config as YAML (temp file, then rename: never half-written); returns the path."""
+    return atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -14,6 +14,7 @@ stage functions: the CLI's `--help` and the DAG files import this module and mus
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +55,13 @@ def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: b
 
 
 def validate(run: RunFolder, cfg: Config) -> Path:
-    """validation/validation.{json,md}; raises PipelineError when a check of severity "error" fired."""
+    """validation/validation.{json,md}; raises PipelineError when a check of severity "error" fired. A passed
+    validation of this run is kept (a resumed run does not validate again)."""
+    import json
 
+    report_path = run.validation_dir / "validation.json"
+    if report_path.is_file() and json.loads(report_path.read_text()).get("ok") is True:
+        return report_path
     report = validate_dataset(run.data_root(), cfg, run.validation_dir)
     _logger.info("validation:\n%s", format_validation_summary(report))
     if not report.ok:
@@ -65,24 +71,30 @@ def validate(run: RunFolder, cfg: Config) -> Path:
 
 
 def cache(run: RunFolder, cfg: Config) -> Path:
-    """The decoded-image cache of the run's dataset (shared between runs: keyed by the dataset's content)."""
+    """The decoded-image cache of the run's dataset (shared between runs: keyed by the dataset's content).
 
-    return build_cache(run.data_root(), cfg)
+    Raises:
+        PipelineError: the dataset's files changed since the run started (its manifest is not the run's).
+    """
+    built = build_cache(run.data_root(), cfg)
+    identity = run.identity()
+    if identity is not None and built != cache_dir_for(identity.data_manifest_hash, cfg):
+        raise PipelineError(f"the dataset under {run.data_root()} changed since this run started (its manifest is "
+                            f"no longer {identity.data_manifest_hash[:12]}); start a new run on it")
+    return built
 
 
 def _cache_dir(run: RunFolder, cfg: Config) -> Path:
     """The cache the cache stage made, found from the run's identity without hashing the dataset again; built
     when it is gone (a cleaned cache folder) or the run predates identities."""
-
     identity = run.identity()
     if identity is not None and is_complete(found := cache_dir_for(identity.data_manifest_hash, cfg)):
         return found
-    return build_cache(run.data_root(), cfg)
+    return cache(run, cfg)
 
 
 def train(run: RunFolder, cfg: Config, model: str) -> Path:
     """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted."""
-
     if run.history_path(model).is_file():
         _logger.info("%s is trained already (%s)", model, run.history_path(model))
         return run.model_dir(model)
@@ -113,7 +125,6 @@ def summarize(run: RunFolder, cfg: Config) -> Path:
 
 def _gate_settings(cfg: Config) -> dict[str, Any]:
     """What a gate decision depends on besides the run: its thresholds and the store holding the champion."""
-
     return {"gate": config_to_dict(cfg)["gate"], "store": cfg.store.uri}
 
 
@@ -185,7 +196,6 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
 
 def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) -> dict[str, Any]:
     """Upload the release to cfg.store as models/<name>/<version>/ and move the champion pointer (last)."""
-
     release = release or read_release(run.release_dir)
     if release is None:
         raise FileNotFoundError(f"{run.release_dir} holds no export: run `medpipe export --run {run.root}` first")

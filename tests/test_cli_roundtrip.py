@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,7 +112,10 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
                  str(tmp_path / "strict.json"), "--set", "gate.min_metrics={n: 1000000}"]) == 3
     assert "GATED" in capsys.readouterr().out
     assert json.loads((run / "gate.json").read_text())["passed"] is True  # the run's own decision is untouched
-    data.rename(tmp_path / "moved")  # the recorded dataset is gone: say so, and how to go on
+    data.rename(tmp_path / "moved")  # the dataset moved: the run's cache (found by its identity) still serves
     assert main(["gate", "--run", str(run), "--store", str(local), "--decision", str(tmp_path / "g4.json"),
+                 *loose]) == 0
+    shutil.rmtree(tmp_path / "cache")  # and without the cache, the dataset is needed: say so, and how to go on
+    assert main(["gate", "--run", str(run), "--store", str(local), "--decision", str(tmp_path / "g5.json"),
                  *loose]) == 1
     assert "no longer exists; pass --data with its new location" in capsys.readouterr().err
