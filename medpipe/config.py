@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import typing
 from dataclasses import asdict, field
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from pydantic.dataclasses import dataclass
 from medpipe.config_shipping import ExportConfig, GateConfig, ScoreConfig, StoreConfig
 from medpipe.config_training import (AugmentConfig, CustomCnnConfig, EvaluateConfig, ModelsConfig,
                                      ResnetConfig, TrainConfig)
-from medpipe.config_types import STRICT, UNION_TAGS, Count, Float, Int
+from medpipe.config_types import STRICT, UNION_TAGS, Count, Float, Int, allowed_range
 from medpipe.fileio import atomic_write_text
 
 __all__ = [
@@ -207,8 +208,30 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
         elif err["type"] == "value_error":
             lines.append(f"  {key}: {message}")
         else:
-            lines.append(f"  {key}={value!r}: {message}")
+            allowed = allowed_range(_field_type([p for p in err["loc"] if p not in UNION_TAGS]))
+            lines.append(f"  {key}={value!r}: {message}" + (f" (allowed: {allowed})" if allowed else ""))
     return "\n".join(lines)
+
+
+def _field_type(loc: list[Any]) -> Any:
+    """The annotated type of the setting at `loc` (section, key, list index ...), None when there is none."""
+    tp: Any = Config
+    for part in loc:
+        while typing.get_origin(tp) is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        if isinstance(part, int) and typing.get_origin(tp) is typing.Union:  # a list or a rule name: the list
+            tp = next((a for a in typing.get_args(tp) if typing.get_origin(
+                typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a) is list), None)
+            while typing.get_origin(tp) is typing.Annotated:
+                tp = typing.get_args(tp)[0]
+        if isinstance(part, int) and typing.get_origin(tp) in (list, tuple):
+            args = typing.get_args(tp)
+            tp = args[min(part, len(args) - 1)] if typing.get_origin(tp) is tuple else args[0]
+        elif isinstance(part, str) and hasattr(tp, "__dataclass_fields__") and part in tp.__dataclass_fields__:
+            tp = typing.get_type_hints(tp, include_extras=True)[part]
+        else:
+            return None
+    return tp
 
 
 def _default_tree() -> dict[str, Any]:

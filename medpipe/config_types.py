@@ -8,7 +8,10 @@ are the ranges many fields share.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal, Union
+
+import annotated_types
 
 from pydantic import BeforeValidator, ConfigDict, Discriminator, Field, Tag
 from pydantic_core import PydanticCustomError
@@ -25,6 +28,7 @@ __all__ = [
     "NonNegativeFloat",
     "ClassWeights",
     "UNION_TAGS",
+    "allowed_range",
 ]
 
 # Unknown keys are errors; assignments after loading are validated too.
@@ -66,3 +70,32 @@ ClassWeights = Annotated[
           Annotated[Literal["auto", "none"], Tag(_WEIGHTS_RULE)]],
     Discriminator(lambda value: _WEIGHTS_RULE if isinstance(value, str) else _WEIGHTS_LIST),
 ]
+
+
+def _bounds(tp: Any) -> list[Any]:
+    """The annotated_types bounds (Ge, Gt, Le, Lt) stacked on an Annotated type, outermost last."""
+    found = []
+    while typing.get_origin(tp) is Annotated:
+        base, *metadata = typing.get_args(tp)
+        for item in metadata:
+            found.extend(m for m in [item, *getattr(item, "metadata", ())]
+                         if isinstance(m, (annotated_types.Ge, annotated_types.Gt, annotated_types.Le,
+                                           annotated_types.Lt)))
+        tp = base
+    return found
+
+
+def allowed_range(tp: Any) -> str | None:
+    """`tp`'s range in words, e.g. "0 <= value <= 1", or None for a type without bounds. Pydantic's own message
+    names only the bound a value broke; the config errors add the whole range."""
+    low = high = None
+    for bound in _bounds(tp):
+        if isinstance(bound, annotated_types.Ge):
+            low = f"{bound.ge} <= "
+        elif isinstance(bound, annotated_types.Gt):
+            low = f"{bound.gt} < "
+        elif isinstance(bound, annotated_types.Le):
+            high = f" <= {bound.le}"
+        elif isinstance(bound, annotated_types.Lt):
+            high = f" < {bound.lt}"
+    return None if low is None and high is None else f"{low or ''}value{high or ''}"

@@ -231,3 +231,18 @@ def test_bad_setting_fails_before_any_data_is_read(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "train.lr='nan': Input should be a finite number" in err and "no-data" not in err
     assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("override, line", [
+    ("augment.hflip_p=2", "augment.hflip_p=2: Input should be less than or equal to 1 (allowed: 0 <= value <= 1)"),
+    ("models.custom_cnn.dropout=3", "models.custom_cnn.dropout=3: Input should be less than 1 "
+                                    "(allowed: 0 <= value < 1)"),
+    ("train.class_weights=[1, -1, 2]", "train.class_weights.1=-1: Input should be greater than or equal to 0 "
+                                       "(allowed: 0 <= value)"),
+    ("augment.crop_scale=[2, 1]", "augment.crop_scale.0=2: Input should be less than or equal to 1 "
+                                  "(allowed: 0 < value <= 1)"),
+])
+def test_a_bad_value_names_the_whole_allowed_range(override: str, line: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, [override])
+    assert line in str(caught.value)
