@@ -3,7 +3,6 @@ name the file and how to write it again, and one reader per file across the code
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import re
@@ -182,13 +181,15 @@ def test_store_bytes_are_read_and_refused_by_the_same_reader():
 
 
 def test_export_reads_the_gate_decision_through_its_contract(tmp_path):
-    from medpipe.cli.ship_cmds import _export_model_name
+    from medpipe.run_folder import RunFolder
+    from medpipe.stages import PipelineError, _gated_model
 
-    (tmp_path / "gate.json").write_text(json.dumps(_gate_as_main_wrote_it()))
-    assert _export_model_name(argparse.Namespace(model=None), tmp_path) == "resnet18"
-    (tmp_path / "gate.json").write_text(json.dumps({**_gate_as_main_wrote_it(), "passed": False}))
-    with pytest.raises(RuntimeError, match="challenger resnet18 did not pass the gate"):
-        _export_model_name(argparse.Namespace(model=None), tmp_path)
+    run = RunFolder(tmp_path)
+    run.gate_path.write_text(json.dumps(_gate_as_main_wrote_it()))
+    assert _gated_model(run) == "resnet18"
+    run.gate_path.write_text(json.dumps({**_gate_as_main_wrote_it(), "passed": False}))
+    with pytest.raises(PipelineError, match="challenger resnet18 did not pass the gate"):
+        _gated_model(run)
 
 
 def test_the_contracts_import_without_torch():
