@@ -17,6 +17,10 @@ Publishing updates the Asset `medpipe://champion`, which schedules `medpipe_scor
 A run's folder is `<work_root>/<run id>/`, laid out as `medpipe run` lays out its `--out` (medpipe.run_folder);
 a retried task finds its stage's finished outputs there and does not redo them. Each task calls one medpipe stage
 (docs/stages.md).
+
+**Timeouts**: a training try is stopped after `$MEDPIPE_TRAIN_TIMEOUT_MIN` (12 h) and its retry resumes from the
+`last.pt` of its last finished epoch; every other task after `$MEDPIPE_TASK_TIMEOUT_MIN` (2 h); a whole run is
+failed after `$MEDPIPE_DAGRUN_TIMEOUT_MIN` (48 h).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
     if stage.name == "publish":  # an operator, for its "Model page" extra link
         return [PublishModelOperator(task_id="publish", run_dir=run_root, outlets=[settings.CHAMPION_ASSET])]
     placement = {"pool": settings.gpu_pool(), "pool_slots": 1, "queue": settings.gpu_queue()} if stage.gpu else {}
+    if stage.name == "train":  # a timed-out try leaves last.pt (written at every epoch end); its retry resumes
+        placement["execution_timeout"] = settings.train_timeout()
     if stage.per_model:
         return [run_stage_task.override(task_id=f"{stage.name}_{model}", **placement)(stage.name, model)
                 for model in MODEL_NAMES]
@@ -78,6 +84,7 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=settings.dagrun_timeout(),
     default_args=DEFAULT_ARGS,
     tags=["medpipe", "training"],
     doc_md=__doc__,

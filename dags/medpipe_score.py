@@ -70,6 +70,7 @@ def upload_results(summary: dict[str, Any], config_path: str) -> list[str]:
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=settings.dagrun_timeout(),
     default_args=DEFAULT_ARGS,
     tags=["medpipe", "scoring"],
     doc_md=__doc__,

@@ -58,7 +58,11 @@ class StoreConfig:
     uri: str = "./medpipe-store"  # a local directory, or s3://bucket/prefix
     endpoint_url: str | None = None  # MinIO or another S3-compatible server
     region: str | None = None
-    max_attempts: Count = 5  # botocore tries in all, with exponential backoff between them
+    max_attempts: Annotated[Int, Field(ge=1, le=20)] = 5  # botocore tries in all, exponential backoff between
+    # Seconds to wait for a TCP connection, and for the server's next bytes once connected: an endpoint that
+    # accepts and never answers fails after about read_timeout_s x max_attempts instead of hanging the task.
+    connect_timeout_s: Annotated[Float, Field(gt=0, le=300)] = 10.0
+    read_timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 60.0
     # Files above this size are uploaded in parts of this size: S3 takes parts of 5 MiB to 5 GiB.
     multipart_threshold_mb: Annotated[Int, Field(ge=5, le=5 * 1024)] = 64
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from medpipe import __version__
@@ -15,6 +16,47 @@ __all__ = ["main", "build_parser", "add_common", "config_from_args"]
 
 # Sub-command modules; each has register(subparsers, add_common).
 _COMMAND_MODULES = ("medpipe.cli.core_cmds", "medpipe.cli.ship_cmds", "medpipe.cli.registry_cmds")
+
+
+# Credentials the AWS chain reads from the environment. The S3 store keeps botocore's request dumps from being
+# logged at all (medpipe.store.s3.quiet_aws_loggers); this filter is the second line: any line that still reaches
+# the CLI's handler with one of these values (an exception text, another library) shows it as "***".
+_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ACCESS_KEY_ID")
+_MIN_SECRET_LENGTH = 8  # shorter values would blank ordinary words; real AWS keys are 16-40+ characters
+
+
+class _RedactSecrets(logging.Filter):
+    """Replace the environment's credential values in a record's message and exception text by ***."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = sorted(secrets, key=len, reverse=True)  # a value inside a longer one: the longer first
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in self._secrets):
+            record.msg, record.args = self._redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        return True
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    secrets = [v for v in (os.environ.get(name, "") for name in _SECRET_ENV) if len(v) >= _MIN_SECRET_LENGTH]
+    for handler in logging.getLogger().handlers:  # main() may run more than once in a process (tests): replace
+        for old in [f for f in handler.filters if isinstance(f, _RedactSecrets)]:
+            handler.removeFilter(old)
+        if secrets:
+            handler.addFilter(_RedactSecrets(secrets))
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(getattr(args, "verbose", False))
     try:
         with on_signals():
             return int(args.func(args) or 0)

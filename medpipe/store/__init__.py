@@ -36,7 +36,8 @@ def open_store(store_cfg: StoreConfig) -> Store:
     """Open the store that ``store_cfg.uri`` names.
 
     Args:
-        store_cfg: ``cfg.store``; endpoint_url, region, max_attempts and multipart_threshold_mb apply to S3 only.
+        store_cfg: ``cfg.store``; endpoint_url, region, max_attempts, multipart_threshold_mb and the timeouts
+            apply to S3 only.
 
     Returns:
         A LocalStore or an S3Store. Nothing is contacted yet: an S3 bucket is checked on first use.
@@ -56,6 +57,8 @@ def open_store(store_cfg: StoreConfig) -> Store:
             region=store_cfg.region,
             max_attempts=store_cfg.max_attempts,
             multipart_threshold_mb=store_cfg.multipart_threshold_mb,
+            connect_timeout_s=store_cfg.connect_timeout_s,
+            read_timeout_s=store_cfg.read_timeout_s,
         )
     if scheme == "file":
         return LocalStore(urllib.parse.unquote(urllib.parse.urlsplit(uri).path))

@@ -7,8 +7,17 @@ jitter, ``max_attempts`` tries in all). Files go through boto3's transfer manage
 multipart upload above ``multipart_threshold_mb``; since multipart ETags are not content hashes, every object
 carries its sha256 in user metadata (``x-amz-meta-sha256``).
 
+Every request has a connect and a read timeout (``store.connect_timeout_s``, ``store.read_timeout_s``): an endpoint
+that accepts connections and never answers fails after about ``read_timeout_s`` x ``max_attempts`` seconds
+instead of holding a task forever.
+
 botocore errors are turned into :class:`StoreError` with one of a few plain messages: the bucket does not exist,
-access denied / invalid credentials, the endpoint cannot be reached, or the object does not exist.
+access denied / invalid credentials, the endpoint cannot be reached or does not answer (naming the endpoint, the
+timeouts and the attempts), or the object does not exist.
+
+botocore, s3transfer and urllib3 log every request at DEBUG with its headers, among them the session token
+(``X-Amz-Security-Token``) and the access key id (``Authorization``); creating an S3Store holds those loggers at
+INFO (:func:`quiet_aws_loggers`), so no verbosity setting makes them log credentials.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
+    ConnectTimeoutError,
     CredentialRetrievalError,
     NoCredentialsError,
     PartialCredentialsError,
@@ -38,7 +48,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from medpipe.store.base import SHA256_METADATA, ObjectNotFoundError, Store, StoreError, validate_key
 
-__all__ = ["S3Store", "parse_s3_uri"]
+__all__ = ["S3Store", "parse_s3_uri", "quiet_aws_loggers"]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,6 +62,27 @@ _CREDENTIAL_CODES = {
 _MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
 _UNREACHABLE = (BotoConnectionError, ConnectionClosedError, ReadTimeoutError)
 _NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+# Loggers of the AWS client stack whose DEBUG records dump requests with their credential headers.
+_AWS_CLIENT_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def quiet_aws_loggers() -> None:
+    """Hold the AWS client loggers at INFO, so their DEBUG request dumps (which carry the session token and the
+    access key id) are never made, whatever level the root logger, `-v` or Airflow's logging config sets.
+
+    Why not redact the values instead: the values are not all known here. Credentials from a role, SSO or an
+    instance profile are fetched by botocore after this and refreshed during a long task, and botocore.auth also
+    logs the canonical request holding the token. Holding the levels needs no values. Their INFO and WARNING lines
+    (which credential source was used, retries) carry no secret. A logger below these that was set to DEBUG
+    explicitly (e.g. boto3.set_stream_logger) is raised too.
+    """
+    loggers = [logging.getLogger(name) for name in _AWS_CLIENT_LOGGERS]
+    loggers += [logger for name, logger in logging.Logger.manager.loggerDict.items()
+                if isinstance(logger, logging.Logger) and name.startswith(tuple(f"{n}." for n in _AWS_CLIENT_LOGGERS))
+                and logger.level != logging.NOTSET]
+    for logger in loggers:
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -103,15 +134,23 @@ class S3Store(Store):
         region: str | None = None,
         max_attempts: int = 5,
         multipart_threshold_mb: int = 64,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
     ) -> None:
         if max_attempts < 1 or multipart_threshold_mb < 1:
             raise StoreError(
                 f"store.max_attempts and store.multipart_threshold_mb must be >= 1, "
                 f"got {max_attempts} and {multipart_threshold_mb}"
             )
+        if not (connect_timeout_s > 0 and read_timeout_s > 0):
+            raise StoreError(f"store.connect_timeout_s and store.read_timeout_s must be > 0, "
+                             f"got {connect_timeout_s} and {read_timeout_s}")
+        quiet_aws_loggers()  # before the client exists: creating it logs at DEBUG already
         self._bucket, self._prefix = parse_s3_uri(uri)
         self._max_attempts = max_attempts
-        options: dict[str, Any] = {"retries": {"max_attempts": max_attempts, "mode": "standard"}}
+        self._timeouts = (connect_timeout_s, read_timeout_s)
+        options: dict[str, Any] = {"retries": {"max_attempts": max_attempts, "mode": "standard"},
+                                   "connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}
         if endpoint_url:
             # MinIO and most self-hosted servers only route path-style requests, and several of them reject
             # the CRC checksums that botocore >= 1.36 adds by default; ask for checksums only where required.
@@ -124,8 +163,13 @@ class S3Store(Store):
         self._client = session.client("s3", endpoint_url=endpoint_url or None, config=BotoConfig(**options))
         self._endpoint = _display_endpoint(self._client.meta.endpoint_url)
         threshold = multipart_threshold_mb * _MIB
-        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, _MIN_PART))
+        # s3transfer retries a download whose body stalls on its own (5 times by default), on top of botocore's
+        # attempts for the request: the same number of tries keeps a stalled download within the advertised bound.
+        self._transfer = TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(threshold, _MIN_PART),
+                                        num_download_attempts=max_attempts)
         self._bucket_checked = False
+        _logger.debug("S3 store s3://%s/%s at %s: connect timeout %s s, read timeout %s s, %d attempt(s)",
+                      self._bucket, self._prefix, self._endpoint, connect_timeout_s, read_timeout_s, max_attempts)
 
     @property
     def bucket(self) -> str:
@@ -158,11 +202,20 @@ class S3Store(Store):
                 f"AWS_PROFILE or another AWS config source ({type(cause).__name__}; values are never shown)"
             )
         if isinstance(cause, _UNREACHABLE):
-            return StoreError(
-                f"cannot reach endpoint {self._endpoint} to {action} {where} after {self._max_attempts} "
-                f"attempt(s): {type(cause).__name__}"
-            )
+            return StoreError(self._unreachable_message(cause, action, where))
         return StoreError(f"cannot {action} {where}: {type(cause).__name__}: {cause}")
+
+    def _unreachable_message(self, cause: BaseException, action: str, where: str) -> str:
+        connect, read = self._timeouts
+        if isinstance(cause, ReadTimeoutError):
+            why = f"no answer within the read timeout of {read:g} s"
+        elif isinstance(cause, ConnectTimeoutError):
+            why = f"no connection within the connect timeout of {connect:g} s"
+        else:
+            why = f"connection failed (connect timeout {connect:g} s, read timeout {read:g} s)"
+        return (f"cannot reach endpoint {self._endpoint} to {action} {where} after {self._max_attempts} attempt(s) "
+                f"(store.max_attempts): {why} ({type(cause).__name__}; see store.connect_timeout_s, "
+                "store.read_timeout_s)")
 
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:

@@ -24,9 +24,14 @@ __all__ = ["default_args", "common_params", "run_dir", "load_run_config", "resol
 
 
 def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str, Any]:
-    """Retries with exponential backoff: the delay doubles with every try, capped at max_retry_delay."""
+    """Retries with exponential backoff: the delay doubles with every try, capped at max_retry_delay.
+
+    Every task gets `MEDPIPE_TASK_TIMEOUT_MIN` as its execution_timeout (training tasks override it with
+    `MEDPIPE_TRAIN_TIMEOUT_MIN`): a try past it is stopped and retried like any other failure.
+    """
     return {"owner": "medpipe", "retries": settings.task_retries(), "retry_delay": retry_delay,
-            "retry_exponential_backoff": 2.0, "max_retry_delay": max_retry_delay}
+            "retry_exponential_backoff": 2.0, "max_retry_delay": max_retry_delay,
+            "execution_timeout": settings.task_timeout()}
 
 
 def common_params(overrides_example: str) -> dict[str, Param]:

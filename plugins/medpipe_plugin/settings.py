@@ -16,6 +16,9 @@ variables below (docker/compose.yaml does).
 | MEDPIPE_GPU_QUEUE            | Celery queue of the GPU workers                     | default                          |
 | MEDPIPE_GPU_POOL             | Airflow pool limiting concurrent GPU tasks          | gpu                              |
 | MEDPIPE_TASK_RETRIES         | retries per task (exponential backoff)              | 2                                |
+| MEDPIPE_TRAIN_TIMEOUT_MIN    | execution_timeout of a training task (GPU), minutes | 720 (12 h)                       |
+| MEDPIPE_TASK_TIMEOUT_MIN     | execution_timeout of every other task, minutes      | 120 (2 h)                        |
+| MEDPIPE_DAGRUN_TIMEOUT_MIN   | dagrun_timeout of both DAGs, minutes                | 2880 (48 h)                      |
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Asset
@@ -33,6 +36,7 @@ __all__ = [
     "REPO_ROOT",
     "config_overrides",
     "config_path",
+    "dagrun_timeout",
     "data_root",
     "gpu_pool",
     "gpu_queue",
@@ -44,6 +48,8 @@ __all__ = [
     "store_endpoint_url",
     "store_uri",
     "task_retries",
+    "task_timeout",
+    "train_timeout",
     "work_root",
 ]
 
@@ -108,12 +114,54 @@ def gpu_pool() -> str:
     return os.environ.get("MEDPIPE_GPU_POOL") or "gpu"
 
 
+def _env_int(name: str, default: int, low: int, high: int, unit: str = "") -> int:
+    """A whole number from the environment variable `name`, in [low, high]; a bad value is an error naming it."""
+    value = os.environ.get(name, "").strip() or str(default)
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+        raise ValueError(f"{name}={value!r}: expected a whole number{unit} from {low} to {high}")
+    return int(value)
+
+
 def task_retries() -> int:
     """How often a failed task is retried (with exponential backoff); 0 makes failures final at once."""
-    value = os.environ.get("MEDPIPE_TASK_RETRIES", "2")
-    if not value.isdigit():
-        raise ValueError(f"MEDPIPE_TASK_RETRIES={value!r}: expected a whole number >= 0")
-    return int(value)
+    return _env_int("MEDPIPE_TASK_RETRIES", 2, 0, 100)
+
+
+# Timeouts, in minutes. There is no "off": a task without a timeout that hangs (a stuck GPU, an NFS mount or an
+# endpoint that never answers) holds its pool slot forever, and with max_active_runs=1 the DAG with it.
+_MAX_TIMEOUT_MIN = 30 * 24 * 60  # 30 days: a larger number is a typo (seconds given as minutes?)
+
+
+def _timeout(name: str, default_min: int) -> timedelta:
+    return timedelta(minutes=_env_int(name, default_min, 1, _MAX_TIMEOUT_MIN, " of minutes"))
+
+
+def train_timeout() -> timedelta:
+    """execution_timeout of a training task: the longest one try may train before Airflow stops it.
+
+    A stopped try keeps the last.pt of its last finished epoch, and its retry resumes from there.
+    """
+    return _timeout("MEDPIPE_TRAIN_TIMEOUT_MIN", 12 * 60)
+
+
+def task_timeout() -> timedelta:
+    """execution_timeout of every task but training (validation, caching, evaluation, export, scoring, uploads)."""
+    return _timeout("MEDPIPE_TASK_TIMEOUT_MIN", 2 * 60)
+
+
+def dagrun_timeout() -> timedelta:
+    """dagrun_timeout of both DAGs: a run still going after this is failed, its unfinished tasks stopped.
+
+    It must leave room for the longest task (training): a shorter one would fail every run before its training
+    may end, which is refused here rather than discovered a week later.
+    """
+    run_limit = _timeout("MEDPIPE_DAGRUN_TIMEOUT_MIN", 48 * 60)  # default: 3 training tries of 12 h, and the rest
+    longest = max(train_timeout(), task_timeout())
+    if run_limit < longest:
+        raise ValueError(f"MEDPIPE_DAGRUN_TIMEOUT_MIN={run_limit // timedelta(minutes=1)} is shorter than the "
+                         f"longest task timeout ({longest // timedelta(minutes=1)} min, MEDPIPE_TRAIN_TIMEOUT_MIN / "
+                         "MEDPIPE_TASK_TIMEOUT_MIN): every run would be failed before its tasks may finish")
+    return run_limit
 
 
 def run_folder_name(run_id: str) -> str:

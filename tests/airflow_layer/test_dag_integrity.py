@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -113,6 +115,72 @@ def test_schedule_and_queue_come_from_the_environment(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"0 3 * * 1 gpu a100 {tmp_path}"
+
+
+TRAIN_TASKS = {f"train_{model}" for model in MODELS}
+
+
+@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score"])
+def test_every_task_and_run_has_a_timeout(dagbag, dag_id: str) -> None:
+    """No task may hang forever on its pool slot: training gets 12 h a try, every other task 2 h, a run 48 h."""
+    dag = dagbag.dags[dag_id]
+    assert dag.dagrun_timeout == timedelta(hours=48)
+    for t in dag.tasks:
+        expected = timedelta(hours=12) if t.task_id in TRAIN_TASKS else timedelta(hours=2)
+        assert t.execution_timeout == expected, t.task_id
+    assert TRAIN_TASKS <= set(dag.task_ids) or dag_id == "medpipe_score"
+
+
+def _parse_in_subprocess(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    """Parse the DAG folder in a fresh interpreter with `env` added to this one's environment, then run `code`."""
+    prelude = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"b = DagBag(dag_folder={str(DAGS_FOLDER)!r})\n"
+    )
+    return subprocess.run([sys.executable, "-c", prelude + code], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_timeouts_come_from_the_environment() -> None:
+    code = (
+        "assert not b.import_errors, b.import_errors\n"
+        "r, s = b.get_dag('medpipe_retrain'), b.get_dag('medpipe_score')\n"
+        "m = lambda td: int(td.total_seconds() // 60)\n"
+        "print(m(r.get_task('train_resnet18').execution_timeout), m(r.get_task('validate').execution_timeout),"
+        " m(r.get_task('publish').execution_timeout), m(s.get_task('score').execution_timeout),"
+        " m(r.dagrun_timeout), m(s.dagrun_timeout))\n"
+    )
+    env = {"MEDPIPE_TRAIN_TIMEOUT_MIN": "90", "MEDPIPE_TASK_TIMEOUT_MIN": "15", "MEDPIPE_DAGRUN_TIMEOUT_MIN": "300"}
+    out = _parse_in_subprocess(env, code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "90 15 15 15 300 300"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"MEDPIPE_TRAIN_TIMEOUT_MIN": "12h"}, "MEDPIPE_TRAIN_TIMEOUT_MIN='12h': expected a whole number of minutes"),
+    ({"MEDPIPE_TASK_TIMEOUT_MIN": "0"}, "MEDPIPE_TASK_TIMEOUT_MIN='0': expected a whole number of minutes from 1"),
+    ({"MEDPIPE_DAGRUN_TIMEOUT_MIN": "-5"}, "MEDPIPE_DAGRUN_TIMEOUT_MIN='-5'"),
+    ({"MEDPIPE_TRAIN_TIMEOUT_MIN": "99999999"}, "MEDPIPE_TRAIN_TIMEOUT_MIN='99999999'"),
+    ({"MEDPIPE_DAGRUN_TIMEOUT_MIN": "60"}, "MEDPIPE_DAGRUN_TIMEOUT_MIN=60 is shorter than the longest task timeout"),
+    ({"MEDPIPE_TASK_RETRIES": "two"}, "MEDPIPE_TASK_RETRIES='two': expected a whole number from 0"),
+])
+def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str) -> None:
+    from medpipe_plugin import settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        settings.dagrun_timeout()  # reads all three timeouts
+        settings.task_retries()
+
+
+def test_a_bad_timeout_is_an_import_error_of_both_dags() -> None:
+    """A bad value breaks both DAG files at parse time (shown in the UI), with the message naming the variable."""
+    code = "print(' | '.join(e.strip().splitlines()[-1] for e in b.import_errors.values()))\n"
+    out = _parse_in_subprocess({"MEDPIPE_TRAIN_TIMEOUT_MIN": "12h"}, code)
+    assert out.returncode == 0, out.stderr
+    errors = out.stdout.strip().splitlines()[-1]
+    assert errors.count("ValueError: MEDPIPE_TRAIN_TIMEOUT_MIN='12h': expected a whole number of minutes") == 2, errors
 
 
 def _task_bodies(path: Path) -> list[ast.FunctionDef]:
