@@ -23,7 +23,7 @@ from medpipe.device import resolve_device  # re-exported: medpipe.train.resolve_
 from medpipe.evaluate.plots import plot_history
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.interrupts import Interrupted
-from medpipe.run_folder import CHECKPOINT_NAMES, HISTORY_NAME, HISTORY_PLOT_NAME
+from medpipe.run_folder import CHECKPOINT_NAMES, CONFIG_NAME, HISTORY_NAME, HISTORY_PLOT_NAME
 
 __all__ = ["train_model", "load_checkpoint", "resolve_device", "TrainingError"]
 
@@ -119,7 +119,7 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     if resume and not last_path.exists():
         raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    save_config(cfg, out_dir / CONFIG_NAME)
     data = load_cache(cache_dir)
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split].labels) == 0:
@@ -158,8 +158,8 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
                "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
                "history": state.history}
-    atomic_write_text(history_path, json.dumps(summary, indent=1))
     plot_history(state.history, out_dir / HISTORY_PLOT_NAME)
+    atomic_write_text(history_path, json.dumps(summary, indent=1))  # last: a history.json marks a finished training
     _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,
                  state.best_score, state.best_epoch, out_dir)
     return out_dir
