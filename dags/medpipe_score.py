@@ -2,8 +2,9 @@
 ### medpipe_score — score a folder of images with the champion model
 
 Runs whenever `medpipe_retrain` publishes a new champion (it is scheduled on the Asset `medpipe://champion`)
-and on demand. Tasks: resolve the config → download and verify the champion's `model.onnx` (sha256 against
-the registry) → score every image under `input` with ONNX Runtime → upload the predictions CSV (and the CSV
+and on demand. Tasks: resolve the config → download and verify the model's `model.onnx` (sha256 against
+the registry): the version the triggering Asset event names (its `extra`: model_name, version, sha256), so two
+quick publishes each get scored with their own model; a manual run uses the champion pointer → score every image under `input` with ONNX Runtime → upload the predictions CSV (and the CSV
 of files that could not be scored) to the store as `scores/<run id>/`.
 
 **Params**: `input` (folder of images; default `$MEDPIPE_SCORE_INBOX` or the bundled sample), `config`,
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import common_params, default_args, load_run_config, resolve_config, run_dir
+from medpipe_plugin.dag_common import (announced_model, common_params, default_args, load_run_config, resolve_config,
+                                      run_dir)
 
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
@@ -28,13 +31,19 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=ti
 
 @task
 def resolve_champion(config_path: str) -> dict[str, Any]:
-    """Download the champion's model.onnx and check its sha256 against the registry."""
+    """Download the model to score with and check its sha256 against the registry: the version the triggering
+    champion Asset event announced (and its sha256), or for a manual run the champion pointer."""
     from medpipe.registry import resolve_model
     from medpipe.store import open_store
 
-    onnx_path, info = resolve_model(open_store(load_run_config(config_path).store), "champion", run_dir() / "model")
+    announced = announced_model(get_current_context().get("triggering_asset_events"))
+    ref = f"{announced['model_name']}/{announced['version']}" if announced else "champion"
+    onnx_path, info = resolve_model(open_store(load_run_config(config_path).store), ref, run_dir() / "model")
+    if announced and announced.get("sha256") and announced["sha256"] != info["sha256"]:
+        raise AirflowFailException(f"{ref}: the registry's model.onnx has sha256 {info['sha256']}, the publish "
+                                   f"event announced {announced['sha256']}; refusing to score with it")
     return {"onnx": str(onnx_path), "model_name": info["model_name"], "version": info["version"],
-            "sha256": info["sha256"]}
+            "sha256": info["sha256"], "source": "asset event" if announced else "champion pointer"}
 
 
 @task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue())

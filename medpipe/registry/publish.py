@@ -150,7 +150,7 @@ def publish_version(
 
     Returns:
         ``{"status": "published" | "unchanged", "model_name", "version", "uri", "uploaded", "skipped",
-        "champion_updated", "manifest_key"}``.
+        "champion_updated", "manifest_key", "sha256"}`` (sha256 of model.onnx).
     """
     validate_name(model_name, "model name")
     validate_name(version, "version")
@@ -158,7 +158,8 @@ def publish_version(
     files = _collect_files(version_dir)
     prefix, where = _version_prefix(model_name, version), f"{model_name}/{version}"
     manifest_key = prefix + MANIFEST_NAME
-    result = {"model_name": model_name, "version": version, "uri": store.uri(prefix), "manifest_key": manifest_key}
+    result = {"model_name": model_name, "version": version, "uri": store.uri(prefix), "manifest_key": manifest_key,
+              "sha256": files[MODEL_FILE].sha256}
     if store.exists(manifest_key):
         manifest = _read_json(store, manifest_key)
         _check_same_content(manifest, files, where)

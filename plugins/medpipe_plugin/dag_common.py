@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from medpipe.run_folder import RunFolder
 
 __all__ = ["default_args", "common_params", "run_dir", "load_run_config", "resolve_config", "start",
-           "run_stage_task", "open_run"]
+           "run_stage_task", "open_run", "announced_model"]
 
 
 def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str, Any]:
@@ -124,3 +124,16 @@ def run_stage_task(stage: str, model: str | None = None) -> Any:
         return _jsonable(run_stage(stage, run, cfg, model, **options))
     except PipelineError as exc:
         raise AirflowFailException(str(exc)) from exc
+
+
+def announced_model(triggering_events: Any) -> dict[str, str] | None:
+    """{"model_name", "version", "sha256"} from the newest champion Asset event that triggered this run (the
+    publish task puts them in the event's extra), or None: a manual run, or events from before they carried it."""
+    if not triggering_events:
+        return None
+    events = list(triggering_events.get(settings.CHAMPION_ASSET, None) or [])
+    for event in reversed(events):  # several publishes queued into one run: the newest wins
+        extra = dict(getattr(event, "extra", None) or {})
+        if extra.get("model_name") and extra.get("version"):
+            return {key: str(extra[key]) for key in ("model_name", "version", "sha256") if extra.get(key)}
+    return None

@@ -15,11 +15,13 @@ from urllib.parse import urljoin
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 
+from medpipe_plugin import settings
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-__all__ = ["ModelPageLink", "PublishModelOperator", "model_page_url"]
+__all__ = ["ModelPageLink", "PublishModelOperator", "model_page_url", "announcement"]
 
 _logger = logging.getLogger(__name__)
 
@@ -30,6 +32,12 @@ def model_page_url(model_name: str, version: str) -> str:
 
     base = conf.get("api", "base_url", fallback="/") or "/"
     return urljoin(base.rstrip("/") + "/", model_page_path(model_name, version).lstrip("/"))
+
+
+def announcement(published: dict[str, Any]) -> dict[str, str]:
+    """The champion Asset event's extra: which version was published, and its model.onnx's sha256."""
+    return {"model_name": published["model_name"], "version": published["version"],
+            "sha256": published["sha256"]}
 
 
 class ModelPageLink(BaseOperatorLink):
@@ -67,6 +75,9 @@ class PublishModelOperator(BaseOperator):
 
         run = RunFolder.open(self.run_dir)
         result = run_stage("publish", run, run.config())
+        # The asset event names the version it announces, so the scoring run it triggers scores that version, not
+        # whatever the champion pointer says when it starts (after two quick publishes, the second model twice).
+        context["outlet_events"][settings.CHAMPION_ASSET].extra = announcement(result)
         _logger.info("%s %s/%s at %s; champion updated: %s", result["status"], result["model_name"],
                      result["version"], result["uri"], result["champion_updated"])
         return result

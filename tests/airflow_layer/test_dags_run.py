@@ -62,6 +62,44 @@ def _xcoms(dag_run, task_id: str) -> dict[str, Any]:
         return {row.key: XComModel.deserialize_value(row) for row in rows}
 
 
+def _champion_event_extras() -> list[dict[str, Any]]:
+    """The extra of every champion Asset event in the metadata DB, oldest first."""
+    from sqlalchemy import select
+
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from medpipe_plugin.settings import CHAMPION_ASSET
+
+    with create_session() as session:
+        rows = session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                               .where(AssetModel.uri == CHAMPION_ASSET.uri).order_by(AssetEvent.id))
+        return [dict(row.extra or {}) for row in rows]
+
+
+def test_the_scoring_run_takes_the_version_its_triggering_events_announce() -> None:
+    """The newest champion event's model wins; a manual run (no events) or events without it use the pointer."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+    from medpipe_plugin.dag_common import announced_model
+    from medpipe_plugin.settings import CHAMPION_ASSET
+
+    def event(extra: dict[str, Any]) -> AssetEventDagRunReferenceResult:
+        return AssetEventDagRunReferenceResult(
+            asset={"name": CHAMPION_ASSET.name, "uri": CHAMPION_ASSET.uri, "extra": {}}, extra=extra,
+            source_task_id="publish", source_dag_id="medpipe_retrain", source_run_id="r", source_map_index=-1,
+            source_aliases=[], timestamp=datetime.now(timezone.utc))
+
+    first = {"model_name": "resnet18", "version": "v1", "sha256": "a" * 64}
+    second = {"model_name": "custom_cnn", "version": "v2", "sha256": "b" * 64}
+    events = TriggeringAssetEventsAccessor.build([event(first), event(second)])
+    assert announced_model(events) == second
+    assert announced_model(TriggeringAssetEventsAccessor.build([event(first), event({})])) == first
+    assert announced_model(TriggeringAssetEventsAccessor.build([event({})])) is None
+    assert announced_model(TriggeringAssetEventsAccessor.build([])) is None and announced_model(None) is None
+
+
 def _read_csv(data: bytes) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(data.decode())))
 
@@ -93,6 +131,8 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
     assert (champion["model_name"], champion["version"]) == (published["return_value"]["model_name"],
                                                              published["return_value"]["version"])
     assert published["_link_ModelPageLink"] == f"/medpipe/models/{champion['model_name']}/{champion['version']}"
+    # The champion Asset event names the version it announces (the scoring run it triggers scores that one).
+    assert _champion_event_extras()[-1] == {key: champion[key] for key in ("model_name", "version", "sha256")}
     version_prefix = f"models/{champion['model_name']}/{champion['version']}/"
     stored = {k.removeprefix(version_prefix) for k in store.list(version_prefix)}
     assert {"model.onnx", "metrics.json", "gate.json", "model_card.md", "config.yaml", "manifest.json"} <= stored
@@ -116,6 +156,7 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
         "input": str(inbox), "config": "", "store_uri": store.uri(), "work_root": str(tmp_path / "work"),
         "overrides": [f"store.endpoint_url={s3_server.endpoint_url}", "score.provider=cpu"]})
     assert str(scored.state) == "success", _states(scored)
+    assert _xcoms(scored, "resolve_champion")["return_value"]["source"] == "champion pointer"  # a manual run
     prefix = f"scores/{run_folder_name(scored.run_id)}/"
     assert store.list(prefix) == [prefix + "predictions.csv", prefix + "predictions.errors.csv"]
     rows = _read_csv(store.get_bytes(prefix + "predictions.csv"))
