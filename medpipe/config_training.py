@@ -61,7 +61,10 @@ class TrainConfig:
     # log(uniform / training prior) added (post-hoc logit adjustment, Menon et al. 2021); 0 with sampling alone.
     balanced_decision: bool = True
     seed: Annotated[Int, Field(ge=0, le=2**64 - 1)] = 42  # the range torch.manual_seed and numpy both take
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": a GPU when torch sees one, leased per task so concurrent tasks on one host get different GPUs
+    # (medpipe/device_lease.py), else the CPU; "cuda": the same, but an error without a GPU; "cuda:N": exactly
+    # that visible GPU (no lease: the operator's choice); "cpu".
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")] = "auto"
     eval_batch_size: Count = 256
     # Exponential moving average of the weights (torch.optim.swa_utils), updated every step; validation, best.pt
     # and export use the averaged weights. 0 = off (the original classifier had none). With a small val split the

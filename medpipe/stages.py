@@ -14,6 +14,7 @@ stage functions: the CLI's `--help` and the DAG files import this module and mus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from medpipe.config import Config, config_to_dict
 from medpipe.contracts import read_gate_decision
 from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_complete
 from medpipe.data.validate import format_validation_summary, validate_dataset
+from medpipe.device_lease import leased_device
 from medpipe.export import export_onnx
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
@@ -93,22 +95,31 @@ def _cache_dir(run: RunFolder, cfg: Config) -> Path:
     return cache(run, cfg)
 
 
+def _on_device(cfg: Config, device: str) -> Config:
+    """cfg with train.device set to the device this task holds (a leased "cuda:N" instead of "auto")."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+
+
 def train(run: RunFolder, cfg: Config, model: str) -> Path:
-    """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted."""
+    """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted. Runs on
+    the GPU this task leases (medpipe.device_lease) when train.device is auto or cuda."""
     if run.history_path(model).is_file():
         _logger.info("%s is trained already (%s)", model, run.history_path(model))
         return run.model_dir(model)
-    return train_model(_cache_dir(run, cfg), model, cfg, run.model_dir(model),
-                       resume=run.checkpoint(model, "last").is_file())
+    with leased_device(cfg.train.device, task=f"train {model} in {run.root}") as device:
+        return train_model(_cache_dir(run, cfg), model, _on_device(cfg, device), run.model_dir(model),
+                           resume=run.checkpoint(model, "last").is_file())
 
 
 def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
-    """models/<model>/eval/: metrics.json (last), predictions, plots, model card."""
+    """models/<model>/eval/: metrics.json (last), predictions, plots, model card (on a leased GPU, as train)."""
     from medpipe.evaluate.stage import evaluate_model  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     if run.metrics_path(model).is_file():
         return run.metrics_path(model)
-    return evaluate_model(run.checkpoint(model), _cache_dir(run, cfg), cfg, run.eval_dir(model))
+    with leased_device(cfg.train.device, task=f"evaluate {model} in {run.root}") as device:
+        return evaluate_model(run.checkpoint(model), _cache_dir(run, cfg), _on_device(cfg, device),
+                              run.eval_dir(model))
 
 
 def summarize(run: RunFolder, cfg: Config) -> Path:
