@@ -53,6 +53,11 @@ class TrainConfig:
     # Early stopping: epochs without improvement of `monitor`; at least 1 (set it >= epochs to never stop early).
     patience: Count = 10
     monitor: Literal["macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy", "loss"] = "macro_auc"
+    # Guard on the best epoch (medpipe/selection.py): an epoch whose val balanced accuracy does not exceed chance
+    # (1 / classes present in val) + this margin is collapsed and cannot become best.pt while another epoch
+    # qualifies; if none does, best.pt is the best by `monitor`, marked collapsed, and the gate refuses it.
+    # 0 = require only better than chance.
+    min_balanced_accuracy_margin: Fraction = 0.05
     label_smoothing: Fraction = 0.1
     # One weight >= 0 per class (data.classes order), "auto" (inverse class frequency, mean 1) or "none".
     class_weights: ClassWeights = field(default_factory=lambda: [0.1, 3.0, 4.0])
@@ -116,6 +121,10 @@ class EvaluateConfig:
     # Score each split again with everything outside the largest bright region blacked out (on a mammogram: film
     # labels, markers, borders) and report the paired difference (medpipe/evaluate/reliance.py).
     outside_region_check: bool = True
+    # Flip test-time augmentation: the mean of the softmax over the image and its horizontal mirror, in evaluation
+    # and inside the exported ONNX graph (so scoring does the same). Grad-CAM and training's validation see the
+    # image as it is.
+    tta: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.explain_per_class <= 8:

@@ -20,7 +20,7 @@ import numpy as np
 from medpipe.config import Config
 from medpipe.contracts import CheckpointMeta, read_metrics
 from medpipe.data.cache import load_cache
-from medpipe.evaluate.predict import predict_probs
+from medpipe.evaluate.predict import predict_probs, probabilities, tta_name
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
@@ -44,19 +44,23 @@ class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree on real images beyond the allowed tolerance; the export is refused."""
 
 
-def _probability_model(model: "torch.nn.Module") -> "torch.nn.Module":
-    """Wrap a logits model so that the exported graph ends in softmax (decided once: ONNX outputs probabilities)."""
+def _probability_model(model: "torch.nn.Module", tta: bool = False) -> "torch.nn.Module":
+    """Wrap a logits model so that the exported graph ends in softmax (decided once: ONNX outputs probabilities).
+
+    With `tta` the graph computes mean(softmax(f(x)), softmax(f(flip(x)))), through the same function as
+    evaluation (`medpipe.evaluate.predict.probabilities`); the logit offset is inside f, so applied to both.
+    """
     import torch
 
     class ProbabilityModel(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
+        def __init__(self, inner: torch.nn.Module, tta: bool) -> None:
             super().__init__()
-            self.inner = inner
+            self.inner, self.tta = inner, tta
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.inner(x), dim=1)
+            return probabilities(self.inner, x, self.tta)
 
-    return ProbabilityModel(model).eval()
+    return ProbabilityModel(model, tta).eval()
 
 
 def _normalization(model: "torch.nn.Module") -> dict[str, float]:
@@ -79,7 +83,7 @@ def _metrics_summary(metrics_path: Path | None, split: str = "val") -> dict[str,
 
 
 def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: str,
-                   metrics_summary: dict[str, Any] | None) -> dict[str, str]:
+                   metrics_summary: dict[str, Any] | None, tta: bool = False) -> dict[str, str]:
     """The metadata_props of an exported model (keys documented in `medpipe.onnx_runtime.META_KEYS`).
 
     Args:
@@ -89,6 +93,7 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
             train_class_counts).
         version: the model version.
         metrics_summary: headline validation metrics, or None.
+        tta: the graph averages over the image and its mirror (recorded as `tta`: "hflip" or "none").
 
     Raises:
         ValueError: the checkpoint's prior_correction is not one finite non-negative factor per class.
@@ -100,6 +105,7 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
         "input": INPUT_DESCRIPTION,
         "normalization": metadata_as_json({**_normalization(model), "applied": "inside the graph: (x - mean) / std"}),
         "output": "probabilities",
+        "tta": tta_name(tta),
         "model_name": str(meta["model_name"]),
         "version": version,
         "manifest_hash": str(meta.get("manifest_hash") or ""),
@@ -112,7 +118,7 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
 
 
 def export_module(model: "torch.nn.Module", out_path: str | Path, image_size: int, metadata: dict[str, str],
-                  opset: int = 20) -> Path:
+                  opset: int = 20, tta: bool = False) -> Path:
     """Export a logits model as a self-contained ONNX file whose output is probabilities; checked by onnx.checker.
 
     Writes `out_path` directly (callers that need atomicity pass a temp path).
@@ -123,12 +129,13 @@ def export_module(model: "torch.nn.Module", out_path: str | Path, image_size: in
         image_size: H = W of the example input.
         metadata: string key/values stored in metadata_props.
         opset: ONNX opset.
+        tta: export mean(softmax(f(x)), softmax(f(flip(x)))) (flip test-time augmentation).
     """
     import onnx
     import torch
 
     out_path = Path(out_path)
-    wrapped = _probability_model(model.cpu().eval())
+    wrapped = _probability_model(model.cpu().eval(), tta)
     example = (torch.rand(2, 1, image_size, image_size) * 255.0,)
     torch.onnx.export(
         wrapped, example, str(out_path), dynamo=True, external_data=False, opset_version=opset,
@@ -147,8 +154,9 @@ def export_module(model: "torch.nn.Module", out_path: str | Path, image_size: in
 
 
 def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.ndarray, atol: float,
-                 batch_size: int = 8) -> dict[str, Any]:
-    """Compare ONNX Runtime (CPU) with torch (CPU, fp32) on the same uint8 images.
+                 batch_size: int = 8, tta: bool = False) -> dict[str, Any]:
+    """Compare ONNX Runtime (CPU) with torch (CPU, fp32) on the same uint8 images; `tta`: the torch side with
+    flip test-time augmentation, as a graph exported with it computes.
 
     Both run on CPU in fp32 because parity checks the graph, not GPU numerics (torch's CUDA path is bf16).
     A batch size that does not divide the image count exercises the dynamic batch dimension.
@@ -158,12 +166,12 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
     """
     session = create_session(onnx_path, "cpu")
     onnx_probs = predict_onnx(session, images, batch_size)
-    torch_probs = predict_probs(model, images, "cpu", batch_size)
+    torch_probs = predict_probs(model, images, "cpu", batch_size, tta=tta)
     max_diff = float(np.max(np.abs(onnx_probs.astype(np.float64) - torch_probs))) if len(images) else 0.0
     mismatches = int(np.sum(onnx_probs.argmax(axis=1) != torch_probs.argmax(axis=1)))
     return {"images": int(len(images)), "max_abs_diff": max_diff, "atol": float(atol),
             "argmax_mismatches": mismatches, "passed": bool(max_diff <= atol and mismatches == 0),
-            "provider": session.get_providers()[0], "batch_size": batch_size}
+            "provider": session.get_providers()[0], "batch_size": batch_size, "tta": tta_name(tta)}
 
 
 def _parity_images(cache_dir: Path, meta: CheckpointMeta, limit: int) -> np.ndarray:
@@ -177,6 +185,20 @@ def _parity_images(cache_dir: Path, meta: CheckpointMeta, limit: int) -> np.ndar
     return np.asarray(val.images[:max(1, limit)])
 
 
+def _export_tta(cfg: Config, metrics_path: Path | None) -> bool:
+    """evaluate.tta, refused when the evaluation whose metrics go into the metadata (and that the gate passed)
+    predicted otherwise: the exported graph must compute what was evaluated. Older metrics.json: "none"."""
+    tta = cfg.evaluate.tta
+    if metrics_path is not None:
+        evaluated = read_metrics(metrics_path).tta or "none"
+        if evaluated != tta_name(tta):
+            raise ValueError(f"{metrics_path} was evaluated with test-time augmentation {evaluated!r} but "
+                             f"evaluate.tta={str(tta).lower()} would export {tta_name(tta)!r}: the exported model "
+                             f"must compute what was evaluated; set evaluate.tta={str(evaluated == 'hflip').lower()} "
+                             "or evaluate again")
+    return tta
+
+
 def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_path: str | Path,
                 metrics_path: str | Path | None = None, version: str | None = None) -> Path:
     """Export a checkpoint to ONNX (probabilities out, metadata in) after checking it against torch.
@@ -186,7 +208,7 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     Args:
         checkpoint: best.pt written by `medpipe.train`.
         cache_dir: the cache the model was trained on (parity uses its val images).
-        cfg: the config (export.opset, export.parity_atol, export.parity_images).
+        cfg: the config (export.opset, export.parity_atol, export.parity_images, evaluate.tta).
         out_path: the .onnx file to write (replaced atomically).
         metrics_path: the model's metrics.json; its val summary goes into the metadata.
         version: the model version stored in the metadata (default "unversioned").
@@ -196,6 +218,7 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
 
     Raises:
         ParityError: max |Δ| above export.parity_atol or a different argmax; nothing is written.
+        ValueError: evaluate.tta differs from the tta of `metrics_path`'s evaluation.
     """
     version = version or "unversioned"
     if not _VERSION.fullmatch(version) or ".." in version:
@@ -203,13 +226,15 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
                          "or digit")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path = Path(metrics_path) if metrics_path else None
+    tta = _export_tta(cfg, metrics_path)
     model, meta = load_checkpoint(checkpoint, "cpu")
     images = _parity_images(Path(cache_dir), meta, cfg.export.parity_images)
-    metadata = model_metadata(model, meta, version, _metrics_summary(Path(metrics_path) if metrics_path else None))
+    metadata = model_metadata(model, meta, version, _metrics_summary(metrics_path), tta)
     # The model appears at out_path only after it passed the checker and parity; a failure removes the temp.
     with atomic_output(out_path) as tmp:
-        export_module(model, tmp, meta.image_size, metadata, cfg.export.opset)
-        parity = check_parity(tmp, model, images, cfg.export.parity_atol)
+        export_module(model, tmp, meta.image_size, metadata, cfg.export.opset, tta)
+        parity = check_parity(tmp, model, images, cfg.export.parity_atol, tta=tta)
         if not parity["passed"]:
             raise ParityError(
                 f"refusing to export {checkpoint}: ONNX Runtime vs torch on {parity['images']} validation images "

@@ -8,7 +8,11 @@ Gates, all on the split `cfg.gate.split` (val by default):
 3. the primary metric no worse than the champion's minus `cfg.gate.champion_tolerance`, where the champion is
    re-scored from its published ONNX file on the cached images of the same split, never taken from its old
    metrics (those were measured on an older dataset version).
-With no champion published yet (first run) only gates 1 and 2 apply, and gate.json says so.
+4. the challenger's best epoch qualified (`best_epoch_qualified`): its val balanced accuracy beat chance by
+   `train.min_balanced_accuracy_margin` during training (medpipe.selection); a model whose every epoch collapsed
+   is refused. Metrics from before the guard do not say: the check passes and its reason says it is unknown.
+With no champion published yet (first run) only gates 1, 2 and 4 apply, and gate.json says so. The challenger is
+picked among the models whose best epoch is not known to be collapsed, when there is one.
 """
 
 from __future__ import annotations
@@ -136,6 +140,36 @@ def _baseline_check(flat: Flat) -> dict[str, Any]:
     ok = value > baseline
     return _check("beats_baseline", value, baseline, ok, f"balanced_accuracy {value:.4f} "
                   f"{'>' if ok else '<='} majority-class baseline {baseline:.4f}")
+
+
+def _qualified_check(report: MetricsReport) -> dict[str, Any]:
+    """Gate 4 from the training facts evaluation copied from the checkpoint meta (medpipe.selection)."""
+    training = report.training or {}
+    facts = training.get("qualification") or {}
+    qualified, epoch = training.get("best_epoch_qualified"), training.get("best_epoch")
+    value, required = facts.get("balanced_accuracy"), facts.get("required")
+    if qualified is None:
+        why = facts.get("reason") or ("the metrics.json records no best_epoch_qualified (a checkpoint trained before "
+                                      "the guard on the best epoch)")
+        return _check("best_epoch_qualified", value, required, True, f"whether best epoch {epoch} beat chance "
+                      f"balanced accuracy is unknown, not checked: {why}")
+    if qualified:
+        return _check("best_epoch_qualified", value, required, True, f"best epoch {epoch}: {facts.get('reason')}")
+    return _check("best_epoch_qualified", value, required, False,
+                  f"{report.model}'s best epoch {epoch} is collapsed — no training epoch beat chance by the margin: "
+                  f"{facts.get('reason')}; retrain it (learning rate, class weights, epochs)")
+
+
+def _eligible(loaded: dict[str, tuple[MetricsReport, Flat]], primary: str) -> tuple[dict[str, Flat], list[str]]:
+    """The models the challenger is picked from: those whose best epoch is not known to be collapsed (all models
+    when none is left with a defined primary metric), and a note for each one left out."""
+    flat = {name: f for name, (_, f) in loaded.items()}
+    kept = {name: f for name, (report, f) in loaded.items()
+            if (report.training or {}).get("best_epoch_qualified") is not False}
+    if not any(f.get(primary) is not None for f in kept.values()):
+        return flat, []
+    return kept, [f"{name} is not a candidate: no training epoch beat chance balanced accuracy by "
+                  "train.min_balanced_accuracy_margin (collapsed)" for name in flat if name not in kept]
 
 
 def rescore_champion(store: Any, cache_dir: Path, split: str, classes: list[str], provider: str = "auto",
@@ -273,12 +307,15 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     _validate_names(cfg, next(iter(flat_by_model.values())))
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     classes = _check_same_data({name: m for name, (m, _) in loaded.items()}, cache_dir)
-    challenger = pick_challenger(flat_by_model, gate.primary_metric)
+    eligible, left_out = _eligible(loaded, gate.primary_metric)
+    challenger = pick_challenger(eligible, gate.primary_metric)
     flat = flat_by_model[challenger]
     checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0].split(split))
     if gate.must_beat_baseline:
         checks.append(_baseline_check(flat))
+    checks.append(_qualified_check(loaded[challenger][0]))
     rescored, notes = _find_champion(store, cache_dir, split, classes, cfg)
+    notes = left_out + notes
     champion, comparison = None, None
     if rescored is not None:
         champion, champion_probs, arrays = rescored

@@ -49,6 +49,7 @@ META_KEYS = {
     "input": "what the input tensor holds",
     "normalization": "mean/std applied inside the graph (JSON)",
     "output": "'probabilities' (softmax inside the graph)",
+    "tta": "test-time augmentation inside the graph: 'hflip' (mean softmax over the image and its mirror) or 'none'",
     "model_name": "custom_cnn | resnet18",
     "version": "the model version",
     "manifest_hash": "hash of the training data manifest",
@@ -72,6 +73,7 @@ class OnnxModelInfo:
     preprocess_version: str | None = None
     manifest_hash: str | None = None
     prior_correction: list[float] | None = None  # None: the model predates prior correction
+    tta: str = "none"  # "hflip": the graph averages over the image and its mirror; models before the key: "none"
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -171,7 +173,8 @@ def read_model_info(session: "onnxruntime.InferenceSession", source: str | Path 
     return OnnxModelInfo(classes=classes, input_size=size, input_channels=channels, output=meta["output"],
                          model_name=meta.get("model_name"), version=meta.get("version"),
                          preprocess_version=meta.get("preprocess_version"),
-                         manifest_hash=meta.get("manifest_hash"), prior_correction=factors, metadata=meta)
+                         manifest_hash=meta.get("manifest_hash"), prior_correction=factors,
+                         tta=meta.get("tta") or "none", metadata=meta)
 
 
 def read_file_metadata(onnx_path: str | Path) -> dict[str, str]:

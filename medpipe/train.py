@@ -59,10 +59,28 @@ def _train_indices(data, cfg: Config) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict) -> dict:
+def _checkpoint_meta(model_name: str, cfg: Config, data, epoch: int, score: float, priors: dict,
+                     guard: dict | None = None) -> dict:
+    """`guard`: medpipe.selection.qualification of the epoch whose weights are saved."""
+    guard = guard or {}
     return CheckpointMeta(**priors, model_name=model_name, classes=list(data.classes), image_size=data.image_size,
                           manifest_hash=data.manifest_hash, epoch=epoch, monitor=cfg.train.monitor, best_score=score,
-                          config=config_to_dict(cfg), preprocess_version=data.preprocessing).to_dict()
+                          config=config_to_dict(cfg), preprocess_version=data.preprocessing,
+                          qualified=guard.get("qualified"),
+                          qualification={k: v for k, v in guard.items() if k != "qualified"} or None).to_dict()
+
+
+def _guard_summary(state, cfg: Config) -> dict:
+    """history.json's verdict on the best epoch: qualified, collapsed (no epoch qualified) and why."""
+    guard = (state.qualification(state.best_epoch, cfg.train.min_balanced_accuracy_margin)
+             or {"qualified": state.best_qualified, "reason": "not recorded (an epoch from before the guard)"})
+    collapsed = state.best_qualified is False and state.best_epoch > 0
+    reason = guard["reason"]
+    if collapsed:
+        reason = (f"no epoch of {state.epoch} qualified; best.pt is epoch {state.best_epoch}, the best by "
+                  f"{cfg.train.monitor}, and {reason}")
+    return {"best_epoch_qualified": state.best_qualified, "collapsed": collapsed,
+            "qualification": {**{k: v for k, v in guard.items() if k != "qualified"}, "reason": reason}}
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
@@ -139,8 +157,9 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
 
     def _save(kind: str) -> None:
         state.seconds = earlier_seconds + time.perf_counter() - started
+        guard = state.qualification(state.epoch, cfg.train.min_balanced_accuracy_margin)
         payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
-            model_name, cfg, data, state.epoch, state.best_score, state.priors)}
+            model_name, cfg, data, state.epoch, state.best_score, state.priors, guard)}
         if kind == "last":
             payload.update(state.resumable())
         with atomic_output(out_dir / CHECKPOINT_NAMES[kind]) as tmp:
@@ -157,7 +176,11 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
                "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
-               "history": state.history}
+               **_guard_summary(state, cfg), "history": state.history}
+    if summary["collapsed"]:
+        _logger.warning("%s: %s. The gate refuses this model (check best_epoch_qualified); retrain with other "
+                        "settings (learning rate, class weights, epochs)", model_name,
+                        summary["qualification"]["reason"])
     plot_history(state.history, out_dir / HISTORY_PLOT_NAME)
     atomic_write_text(history_path, json.dumps(summary, indent=1))  # last: a history.json marks a finished training
     _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,

@@ -19,23 +19,15 @@ from medpipe.evaluate.metrics import compute_metrics
 from medpipe.evaluate.predict import predict_probs
 from medpipe.models import build_model, load_model_state, param_groups, unfreeze_for_epoch
 from medpipe.priors import checkpoint_prior_facts, class_weight_vector, sampling_weights
+from medpipe.selection import chance_balanced_accuracy, is_better, qualification, replaces_best
 
-__all__ = ["TrainingState", "run_epochs", "is_better"]
+__all__ = ["TrainingState", "run_epochs", "is_better"]  # is_better: defined in medpipe.selection
 
 _logger = logging.getLogger(__name__)
 
 # Training images whose activations set the averaged model's BatchNorm statistics after each epoch: 32 batches
 # of 32 estimate a channel mean to ~1 % of its spread, for ~1/6 of a 2,000-image epoch's compute.
 _BN_REFRESH_IMAGES = 1024
-_LOWER_IS_BETTER = {"loss"}
-
-
-def is_better(score: float, best: float, monitor: str) -> bool:
-    if score is None or math.isnan(score):
-        return best is None or math.isnan(best)  # keep a first checkpoint even when the metric is undefined
-    if best is None or math.isnan(best):
-        return True
-    return score < best if monitor in _LOWER_IS_BETTER else score > best
 
 
 @dataclass
@@ -54,6 +46,9 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     best_score: float = float("nan")
     best_epoch: int = 0
+    # The best epoch's `qualified` (medpipe.selection): False until an epoch is kept, and while only collapsed
+    # epochs have been; None = not judged (val holds one class).
+    best_qualified: bool | None = False
     bad_epochs: int = 0
     stopped_early: bool = False
     seconds: float = 0.0  # training wall time of earlier sessions of this run (kept in last.pt for --resume)
@@ -112,8 +107,8 @@ class TrainingState:
                 "generator": self.generator.get_state(), "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(), "progress": {
                     "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-                    "bad_epochs": self.bad_epochs, "stopped_early": self.stopped_early, "seconds": self.seconds,
-                    "history": self.history}}
+                    "best_qualified": self.best_qualified, "bad_epochs": self.bad_epochs,
+                    "stopped_early": self.stopped_early, "seconds": self.seconds, "history": self.history}}
 
     def restore(self, saved: dict) -> None:
         # "model_state" holds the evaluated (averaged) weights; training resumes from the raw ones.
@@ -126,8 +121,18 @@ class TrainingState:
         self.generator.set_state(saved["generator"])
         self.rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
-        for key, value in saved["progress"].items():
+        progress = saved["progress"]
+        if "best_qualified" not in progress:  # a run started before the guard: its best stays unjudged
+            self.best_qualified = None if progress.get("best_epoch") else False
+        for key, value in progress.items():
             setattr(self, key, value)
+
+    def qualification(self, epoch: int, margin: float) -> dict | None:
+        """medpipe.selection.qualification of one epoch (1-based) from its history record; None if not recorded."""
+        record = next((r for r in self.history if r.get("epoch") == epoch), None)
+        if record is None or "val_chance_balanced_accuracy" not in record:
+            return None
+        return qualification(record.get("val_balanced_accuracy"), record["val_chance_balanced_accuracy"], margin)
 
 
 def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes: int) -> float:
@@ -189,8 +194,10 @@ def _validate(state: TrainingState, cfg: Config, data, device: str) -> dict:
     probs = predict_probs(state.eval_model, val.images, device=device, batch_size=cfg.train.eval_batch_size)
     nll = -np.log(np.clip(probs[np.arange(len(val.labels)), val.labels], 1e-12, None))
     metrics = compute_metrics(val.labels, probs, data.classes)
-    return {"val_loss": float(nll.mean()), **{f"val_{k}": metrics[k] for k in
-                                              ("macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy")}}
+    names = ("macro_auc", "balanced_accuracy", "f1_macro", "f1_weighted", "accuracy")
+    # Chance: the majority baseline's balanced accuracy on val, which the guard on the best epoch asks to beat.
+    return {"val_loss": float(nll.mean()), **{f"val_{k}": metrics[k] for k in names},
+            "val_chance_balanced_accuracy": chance_balanced_accuracy(val.labels)}
 
 
 def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Callable[[], None],
@@ -216,8 +223,14 @@ def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Ca
         state.epoch = epoch + 1
         score = record["val_loss"] if monitor == "loss" else record[f"val_{monitor}"]
         score = float("nan") if score is None else float(score)
-        if is_better(score, state.best_score, monitor):
+        guard = state.qualification(state.epoch, cfg.train.min_balanced_accuracy_margin)
+        record["qualified"] = guard["qualified"]
+        if guard["qualified"] is False:
+            _logger.info("epoch %d cannot become best.pt while another epoch qualifies: %s", state.epoch,
+                         guard["reason"])
+        if replaces_best(score, guard["qualified"], state.best_score, state.best_qualified, monitor):
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            state.best_qualified = guard["qualified"]
             on_best()
         else:
             state.bad_epochs += 1

@@ -224,3 +224,17 @@ def test_only_the_contracts_parse_metrics_and_gate_files():
             continue
         offenders += [f"{rel}:{line}" for line in _json_reads_of_contract_files(path.read_text())]
     assert offenders == [], f"read metrics.json / gate.json with medpipe.contracts, not json: {offenders}"
+
+
+def test_keys_added_later_read_as_none_and_old_files_are_written_back_unchanged():
+    """metrics.json `tta` and the checkpoint meta's best-epoch guard (`qualified`, `qualification`) came after
+    version 1 files were written: absent, they read as None and are not added on rewrite; set, they are written."""
+    old = MetricsReport.parse({**_metrics_as_main_wrote_them(), "schema_version": 1}, "old")
+    assert old.tta is None and "tta" not in old.to_dict()
+    new = MetricsReport.parse({**_metrics_as_main_wrote_them(), "tta": "hflip"}, "new")
+    assert new.to_dict()["tta"] == "hflip"
+    meta = CheckpointMeta.parse(_checkpoint_meta_as_main_wrote_it(), "best.pt")
+    assert meta.qualified is None and meta.get("qualified") is None and "qualification" not in meta
+    guarded = CheckpointMeta.parse({**_checkpoint_meta_as_main_wrote_it(), "qualified": False,
+                                    "qualification": {"reason": "collapsed"}}, "best.pt")
+    assert guarded["qualified"] is False and guarded.qualification == {"reason": "collapsed"}

@@ -27,6 +27,12 @@ def _cfg(run: TrainedRun, *overrides: str):
     return shipping_config(run.work, *overrides)
 
 
+def _threshold_checks(decision: dict) -> list[dict]:
+    """The checks of gate.min_metrics, beats_baseline and the champion: all but best_epoch_qualified (its own tests
+    are in test_best_epoch_guard.py)."""
+    return [c for c in decision["checks"] if c["name"] != "best_epoch_qualified"]
+
+
 def _edited(src: Path, dst: Path, edit) -> Path:
     """A copy of metrics.json with `edit(val split metrics)` applied."""
     metrics = json.loads(src.read_text())
@@ -71,12 +77,15 @@ def test_first_run_applies_only_the_absolute_gates(trained_run, tmp_path):  # no
     best = max(flats, key=lambda n: (flats[n]["macro_auc"], flats[n]["balanced_accuracy"]))
     assert decision["challenger"] == best and decision["challenger_metrics"] == flats[best]
     names = [c["name"] for c in decision["checks"]]
-    assert names == ["min_macro_auc", "min_balanced_accuracy", "min_recall_cancer", "beats_baseline"]
+    assert names == ["min_macro_auc", "min_balanced_accuracy", "min_recall_cancer", "beats_baseline",
+                     "best_epoch_qualified"]
     flat = flats[best]
     expected = [flat[k] >= v for k, v in thresholds.items()]
     expected.append(flat["balanced_accuracy"] > flat["baseline_balanced_accuracy"])
+    expected.append(json.loads(trained_run.metrics[best].read_text())["training"]["best_epoch_qualified"])
     assert [c["passed"] for c in decision["checks"]] == expected
-    assert [c["value"] for c in decision["checks"]] == [flat[k] for k in thresholds] + [flat["balanced_accuracy"]]
+    assert [c["value"] for c in _threshold_checks(decision)] == ([flat[k] for k in thresholds]
+                                                                 + [flat["balanced_accuracy"]])
     assert decision["passed"] is all(expected)
 
 
@@ -143,17 +152,21 @@ def test_challenger_worse_than_champion_fails(trained_run, champion_store, weak_
     decision = gate_models({"custom_cnn": weak_metrics}, cfg, tmp_path / "gate.json", store=champion_store,
                            cache_dir=trained_run.cache_dir)
     assert decision["passed"] is False
-    assert [c["name"] for c in decision["checks"] if not c["passed"]] == ["not_worse_than_champion"]
+    # A model that learned nothing has also collapsed (every image one class): the guard fails it too.
+    failed = [c["name"] for c in decision["checks"] if not c["passed"]]
+    assert "not_worse_than_champion" in failed and set(failed) <= {"not_worse_than_champion", "best_epoch_qualified"}
     assert any("champion custom_cnn/v1" in r and "re-scored" in r for r in decision["reasons"])
     comparison = decision["champion_comparison"]["macro_auc"]
     assert comparison["difference"] == pytest.approx(weak["macro_auc"] - real["macro_auc"], abs=1e-6)
     assert comparison["interval"][0] <= comparison["difference"] <= comparison["interval"][1]
 
-    # The same challenger passes when the tolerance allows the gap.
+    # The same challenger passes the champion check when the tolerance allows the gap (and only the guard on its
+    # collapsed best epoch, if any, still refuses it).
     loose = _cfg(trained_run, "gate.min_metrics={macro_auc: 0.0}", "gate.must_beat_baseline=false",
                  "gate.champion_tolerance=1.0")
-    assert gate_models({"custom_cnn": weak_metrics}, loose, tmp_path / "gate2.json", store=champion_store,
-                       cache_dir=trained_run.cache_dir)["passed"] is True
+    decision = gate_models({"custom_cnn": weak_metrics}, loose, tmp_path / "gate2.json", store=champion_store,
+                           cache_dir=trained_run.cache_dir)
+    assert [c["name"] for c in decision["checks"] if not c["passed"]] in ([], ["best_epoch_qualified"])
 
 
 def test_metrics_of_another_dataset_are_refused(trained_run, tmp_path):  # noqa: F811
@@ -189,7 +202,7 @@ def test_gate_on_the_interval_lower_bound_is_stricter_than_the_point_estimate(tr
     assert read_gate_decision(tmp_path / "gate.json").to_dict() == decision  # the writer's output, read back
     assert decision["passed"] is False
     assert decision["challenger_metrics"]["macro_auc_ci_low"] == low
-    point_check, ci_check = decision["checks"]
+    point_check, ci_check = _threshold_checks(decision)
     assert (point_check["name"], point_check["passed"]) == ("min_macro_auc", True)
     assert (ci_check["name"], ci_check["passed"], ci_check["value"]) == ("min_macro_auc_ci_low", False, low)
     assert decision["reasons"][-1] == ci_check["reason"]
@@ -211,7 +224,7 @@ def test_gate_on_real_interval_bounds_passes(trained_run, tmp_path):  # noqa: F8
     decision = gate_models(trained_run.metrics, cfg, tmp_path / "gate.json")
     flat = flats[decision["challenger"]]
     assert decision["passed"] is True
-    assert [c["value"] for c in decision["checks"]] == [flat[name] for name in thresholds]
+    assert [c["value"] for c in _threshold_checks(decision)] == [flat[name] for name in thresholds]
 
 
 def test_missing_interval_fails_the_gate_with_how_to_get_it(trained_run, tmp_path):  # noqa: F811
@@ -228,7 +241,7 @@ def test_missing_interval_fails_the_gate_with_how_to_get_it(trained_run, tmp_pat
     for case, (edit, why) in cases.items():
         metrics = _edited(source, tmp_path / f"{case}.json", edit)
         decision = gate_models({"custom_cnn": metrics}, cfg, tmp_path / f"gate-{case}.json")
-        (check,) = decision["checks"]
+        (check,) = _threshold_checks(decision)
         assert decision["passed"] is False and check["value"] is None and check["threshold"] == 0.5
         assert check["reason"].startswith("macro_auc_ci_low is undefined on this split (null): the interval of "
                                           "macro_auc is missing, so it cannot reach 0.5")
@@ -248,7 +261,7 @@ def test_missing_interval_fails_the_gate_with_how_to_get_it(trained_run, tmp_pat
                               "few_kept": (few_kept, f"only 3 of {trained_run.cfg.evaluate.bootstrap_resamples} "
                                                      "resamples over")}.items():
         metrics = _edited(source, tmp_path / f"{case}.json", edit)
-        (check,) = gate_models({"custom_cnn": metrics}, by_ba, tmp_path / f"gate-{case}.json")["checks"]
+        (check,) = _threshold_checks(gate_models({"custom_cnn": metrics}, by_ba, tmp_path / f"gate-{case}.json"))
         assert check["passed"] is False and why in check["reason"]
         assert "bootstrap_resamples" not in check["reason"]
 

@@ -40,6 +40,9 @@ class Contract:
     KIND: ClassVar[str] = "contract"  # the file's name in messages: "metrics.json", "gate.json", "checkpoint meta"
     SCHEMA_VERSION: ClassVar[int] = 1  # the newest version this medpipe reads, and the one it writes
     REQUIRED: ClassVar[dict[str, type | tuple[type, ...]]] = {}  # key -> JSON type, present since version 0
+    # Optional keys added to a version after files of it were written: left out while None, so an older file is
+    # written back as it was read (its absence reads as None again).
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
 
     schema_version: int = 1
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # keys this medpipe does not know
@@ -52,7 +55,8 @@ class Contract:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written: schema_version first, the contract's keys, then the unknown keys read."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_WRITTEN}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_WRITTEN
+                and not (f.name in self.ADDED_LATER and getattr(self, f.name) is None)}
         return {**data, **{k: v for k, v in self.extra.items() if k not in data}}
 
     def write(self, path: str | Path) -> Path:

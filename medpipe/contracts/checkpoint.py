@@ -29,6 +29,7 @@ class CheckpointMeta(Contract, Mapping[str, Any]):
     SCHEMA_VERSION = 1
     REQUIRED = {"model_name": str, "classes": list, "image_size": int, "manifest_hash": str, "epoch": int,
                 "config": dict}
+    ADDED_LATER = frozenset({"qualified", "qualification"})
 
     schema_version: int = SCHEMA_VERSION
     model_name: str
@@ -48,6 +49,11 @@ class CheckpointMeta(Contract, Mapping[str, Any]):
     output_prior: list[float] | None = None
     logit_offset: list[float] | None = None
     prior_correction: list[float] | None = None
+    # The guard on the best epoch (medpipe.selection): whether the epoch of these weights beat chance balanced
+    # accuracy on val by train.min_balanced_accuracy_margin; None = not judged (val held one class) or a checkpoint
+    # from before the guard. `qualification`: {balanced_accuracy, chance, margin, required, reason}.
+    qualified: bool | None = None
+    qualification: dict[str, Any] | None = None
 
     @classmethod
     def _regenerate(cls, raw: dict[str, Any], source: str | Path | None) -> str:

@@ -23,6 +23,7 @@ class MetricsReport(Contract):
     KIND = "metrics.json"
     SCHEMA_VERSION = 1
     REQUIRED = {"model": str, "classes": list, "splits": dict}
+    ADDED_LATER = frozenset({"tta"})
 
     schema_version: int = SCHEMA_VERSION
     model: str  # the model name, e.g. "resnet18"
@@ -34,6 +35,7 @@ class MetricsReport(Contract):
     epoch: int | None = None
     preprocess_version: str | None = None
     device: str | None = None
+    tta: str | None = None  # test-time augmentation of the predictions: "hflip" or "none"; None = before it existed
     training: dict[str, Any] | None = None  # epochs_run, best_epoch, monitor, best_score, ...
     split_counts: dict[str, dict[str, int]] | None = None  # split -> class -> images, train included
     prior_correction: dict[str, Any] | None = None  # factors, source, training_prior, train_class_counts

@@ -176,7 +176,24 @@ def _decision_text(offset: list[float] | None, classes: list[str]) -> str:
     return f"under equal class priors: logit offsets {shown} (train.balanced_decision)"
 
 
-def _config_section(config: dict[str, Any], training: dict[str, Any] | None, model_name: str) -> list[str]:
+def _guard_text(training: dict[str, Any]) -> str:
+    qualified, facts = training.get("best_epoch_qualified"), training.get("qualification") or {}
+    verdict = {True: "yes", False: "NO (collapsed)", None: "unknown"}[qualified]
+    return f"{verdict}: {facts['reason']}" if facts.get("reason") else verdict
+
+
+def _collapse_warning(training: dict[str, Any] | None) -> list[str]:
+    """A warning at the top of the card when no training epoch beat chance (medpipe.selection)."""
+    if not training or training.get("best_epoch_qualified") is not False:
+        return []
+    reason = (training.get("qualification") or {}).get("reason", "")
+    return [f"> **Warning: collapsed model.** No training epoch beat chance balanced accuracy by "
+            f"train.min_balanced_accuracy_margin; these are the weights of epoch {training.get('best_epoch')}, the "
+            f"best by {training.get('monitor')}, and {reason}. The gate refuses this model.", ""]
+
+
+def _config_section(config: dict[str, Any], training: dict[str, Any] | None, model_name: str,
+                    tta: str | None = None) -> list[str]:
     data, train = config.get("data", {}), config.get("train", {})
     model_cfg = config.get("models", {}).get(model_name, {})
     training = training or {}
@@ -187,6 +204,7 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
         ["image size", data.get("image_size")],
         ["epochs run / max", f"{_fmt(training.get('epochs_run'))} / {_fmt(train.get('epochs'))}"],
         ["best epoch", training.get("best_epoch")],
+        ["best epoch beats chance (guard)", _guard_text(training)],
         ["stopped early", training.get("stopped_early")],
         ["train images used", training.get("train_images")],
         ["monitor (best score)", f"{_fmt(training.get('monitor') or train.get('monitor'))} "
@@ -204,6 +222,8 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
         ["seed", train.get("seed")],
         ["preprocess version", training.get("preprocess_version")],
     ]
+    if tta is not None:
+        rows.append(["test-time augmentation", {"hflip": "mean over the image and its mirror (hflip)"}.get(tta, tta)])
     return ["## Key configuration", ""] + _table(["setting", "value"], rows) + [""]
 
 
@@ -220,7 +240,8 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
         plots: plot name -> path relative to the card, names `<split>_confusion`, `<split>_confusion_normalized`,
             `<split>_roc`, `<split>_pr` and optionally `history`.
         training: facts about the training run (epochs_run, best_epoch, stopped_early, monitor, best_score,
-            train_images, preprocess_version) or None when unknown.
+            train_images, preprocess_version, best_epoch_qualified, qualification) or None when unknown; a
+            collapsed best epoch puts a warning at the top.
 
     Returns:
         The path written.
@@ -228,7 +249,7 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
     classes = list(metrics["classes"])
     metrics = {**metrics, "manifest_hash": manifest_hash}
     size = config.get("data", {}).get("image_size", "?")
-    lines = [f"# Model card: {model_name}", ""]
+    lines = [f"# Model card: {model_name}", ""] + _collapse_warning(training)
     if metrics.get("version"):
         lines += [f"Version: `{metrics['version']}`", ""]
     lines += _INTENDED_USE.format(size=size, classes=", ".join(classes)).splitlines() + [""]
@@ -239,7 +260,7 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
         lines += ["## Metrics", "", "No split was evaluated.", ""]
     if plots.get("history"):
         lines += ["## Training curves", "", f"![training curves]({plots['history']})", ""]
-    lines += _config_section(config, training, model_name)
+    lines += _config_section(config, training, model_name, metrics.get("tta"))
     written = atomic_write_text(path, "\n".join(lines).rstrip("\n") + "\n")
     _logger.info("wrote model card %s", written)
     return written

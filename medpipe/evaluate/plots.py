@@ -23,7 +23,7 @@ _logger = logging.getLogger(__name__)
 
 _DPI = 110
 # Loss-like keys go on the left panel, every other numeric history key except these on the right.
-_NOT_METRICS = frozenset({"epoch", "lr", "time_s", "seconds"})
+_NOT_METRICS = frozenset({"epoch", "lr", "time_s", "seconds", "qualified"})
 
 
 def _new_figure(width: float, height: float, ncols: int = 1) -> tuple["Figure", Any]:

@@ -24,7 +24,7 @@ __all__ = ["outside_region_check"]
 
 def outside_region_check(model: Any, images: np.ndarray, labels: np.ndarray, probs: np.ndarray,
                          patients: list[str], classes: list[str], device: str = "cpu", batch_size: int = 256,
-                         resamples: int = 1000) -> dict[str, Any]:
+                         resamples: int = 1000, tta: bool = False) -> dict[str, Any]:
     """The split's metrics with the outside of each image's largest bright region blacked out.
 
     Args:
@@ -33,6 +33,7 @@ def outside_region_check(model: Any, images: np.ndarray, labels: np.ndarray, pro
         labels: (N,) true class indices.
         probs: (N, C) the model's probabilities on `images` as they are.
         patients: one id per image, for the paired patient bootstrap.
+        tta: score the blacked-out images with flip test-time augmentation, as `probs` were (evaluate.tta).
 
     Returns:
         {"area_outside": mean share of the image outside the region, "macro_auc", "balanced_accuracy" (blacked
@@ -40,7 +41,7 @@ def outside_region_check(model: Any, images: np.ndarray, labels: np.ndarray, pro
     """
     masks = np.stack([largest_region_mask(image) for image in images])
     blacked = np.where(masks, images, 0).astype(np.uint8)
-    probs_blacked = predict_probs(model, blacked, device, batch_size)
+    probs_blacked = predict_probs(model, blacked, device, batch_size, tta=tta)
     metrics = compute_metrics(labels, probs_blacked, classes)
     difference: dict[str, Any] = {"macro_auc": None, "balanced_accuracy": None}
     if resamples > 0:

@@ -28,7 +28,7 @@ from medpipe.evaluate.reliance import outside_region_check
 from medpipe.evaluate.uncertainty import bootstrap_intervals
 from medpipe.evaluate.plots import (plot_confusion_matrix, plot_history, plot_pr_curves, plot_reliability,
                                     plot_roc_curves)
-from medpipe.evaluate.predict import predict_probs, resolve_device
+from medpipe.evaluate.predict import predict_probs, resolve_device, tta_name
 from medpipe.fileio import atomic_output, atomic_write_text, sha256_file
 from medpipe.preprocess import PREPROCESS_VERSION, preprocess_options
 from medpipe.priors import checkpoint_prior_correction
@@ -164,6 +164,10 @@ def _training_facts(meta: dict[str, Any], summary: dict[str, Any] | None) -> dic
         # The class balance the model learned under (sampling share x loss weight); None for older checkpoints.
         "training_prior": meta.get("training_prior"),
         "logit_offset": meta.get("logit_offset"),  # added to the logits in evaluation and export (balanced decision)
+        # The guard on the best epoch (medpipe.selection): False = no epoch beat chance by the margin, the gate
+        # refuses the model; None = not judged or a checkpoint from before the guard.
+        "best_epoch_qualified": meta.get("qualified"),
+        "qualification": meta.get("qualification"),
     }
 
 
@@ -186,7 +190,7 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
             _logger.info("split %r is not in the cache (or empty): skipped", split)
             continue
         labels = np.asarray(arrays.labels, dtype=np.int64)
-        probs = predict_probs(model, arrays.images, device, cfg.train.eval_batch_size)
+        probs = predict_probs(model, arrays.images, device, cfg.train.eval_batch_size, tta=cfg.evaluate.tta)
         results[split] = compute_metrics(labels, probs, classes, baseline_class)
         results[split]["calibration"] = calibration_metrics(labels, probs, classes, prior_correction=prior_correction)
         results[split]["confidence_intervals"] = bootstrap_intervals(
@@ -194,11 +198,11 @@ def _evaluate_splits(model: Any, data: Any, cfg: Config, device: str, out: Path,
         if cfg.evaluate.outside_region_check:
             results[split]["outside_region"] = outside_region_check(
                 model, arrays.images, labels, probs, list(arrays.patients), classes, device,
-                cfg.train.eval_batch_size, cfg.evaluate.bootstrap_resamples)
+                cfg.train.eval_batch_size, cfg.evaluate.bootstrap_resamples, tta=cfg.evaluate.tta)
         _write_predictions(out / f"predictions_{split}.csv", list(arrays.rels), list(arrays.patients), labels, probs,
                            classes)
         plots.update(_split_plots(split, labels, probs, results[split], classes, out / "plots"))
-        if cfg.evaluate.explain_per_class:
+        if cfg.evaluate.explain_per_class:  # on the image as it is, also with evaluate.tta: one map per image
             gradcam = plot_grad_cam(model, arrays.images, labels, probs, classes,
                                     out / "plots" / f"{split}_gradcam.png", cfg.evaluate.explain_per_class)
             if gradcam is not None:
@@ -259,6 +263,7 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
         epoch=meta.epoch,
         preprocess_version=meta.preprocess_version,
         device=device,
+        tta=tta_name(cfg.evaluate.tta),
         training=_training_facts(meta, summary),
         split_counts=_split_counts(data),
         # Multiply the outputs by these and renormalise to read them as probabilities at the training
