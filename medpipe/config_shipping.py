@@ -31,6 +31,9 @@ class GateConfig:
         default_factory=lambda: {"macro_auc": 0.80, "balanced_accuracy": 0.55, "recall_cancer": 0.40}
     )
     must_beat_baseline: bool = True  # balanced accuracy above the majority-class baseline's
+    # Refuse a challenger whose best epoch never beat chance by train.min_balanced_accuracy_margin (a collapsed
+    # model that calls almost everything one class). false only where a model must ship regardless (a demo).
+    refuse_collapsed: bool = True
     # The challenger may trail the re-scored champion's primary metric (a rate) by at most this much; 1 = never.
     champion_tolerance: Annotated[Float, Field(ge=0, le=1)] = 0.01
 

@@ -313,7 +313,11 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0].split(split))
     if gate.must_beat_baseline:
         checks.append(_baseline_check(flat))
-    checks.append(_qualified_check(loaded[challenger][0]))
+    qualified = _qualified_check(loaded[challenger][0])
+    if gate.refuse_collapsed:
+        checks.append(qualified)
+    elif not qualified["passed"]:  # an operator's choice (the demo's sample): said, not enforced
+        left_out = left_out + [f"not enforced (gate.refuse_collapsed=false): {qualified['reason']}"]
     rescored, notes = _find_champion(store, cache_dir, split, classes, cfg)
     notes = left_out + notes
     champion, comparison = None, None

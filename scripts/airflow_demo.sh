@@ -33,9 +33,10 @@ SAMPLE="$REPO/sample_data/mammo-ddsm-sample"
 CONFIG="$REPO/configs/sample.yaml"
 # The sample has ~30 images per class and configs/sample.yaml trains 4 epochs at 64 px: that proves the pipeline,
 # not the model. The production gate (macro AUC >= 0.80, beat the majority baseline, ...) would reject it, and
-# with no champion there is nothing to score; so the demo's first run publishes whatever wins. Later runs are
+# with no champion there is nothing to score; so the demo's first run publishes whatever wins, even a model
+# whose best epoch did not beat chance (gate.refuse_collapsed=false; the gate's reasons still say so). Later runs are
 # still compared with the champion. The decision and its reasons are printed at the end.
-DEMO_OVERRIDES=("gate.min_metrics={macro_auc: 0.0}" "gate.must_beat_baseline=false")
+DEMO_OVERRIDES=("gate.min_metrics={macro_auc: 0.0}" "gate.must_beat_baseline=false" "gate.refuse_collapsed=false")
 read -r -a EXTRA <<< "${MEDPIPE_DEMO_OVERRIDES:-}"
 
 step() { printf '\n== %s\n' "$*"; }

@@ -140,3 +140,33 @@ def test_best_pt_is_not_taken_from_a_collapsed_epoch_when_one_qualifies(collapse
     assert best["epoch"] == 3 and best["qualified"] is True and "0.6000 > 0.3833" in best["qualification"]["reason"]
     last = torch.load(out / "last.pt", weights_only=False)["meta"]
     assert last["epoch"] == 4 and last["qualified"] is False
+
+
+def test_the_guard_can_be_reported_instead_of_enforced(tmp_path) -> None:
+    """gate.refuse_collapsed=false (the demo): a collapsed challenger is named in the reasons but not refused."""
+    import json
+
+    from medpipe.config import load_config
+    from medpipe.gate import gate_models
+
+    metrics = tmp_path / "m" / "metrics.json"
+    metrics.parent.mkdir()
+    split = {"n": 30, "accuracy": 0.33, "balanced_accuracy": 0.333, "f1_weighted": 0.2, "f1_macro": 0.2,
+             "macro_auc": 0.9, "per_class": {c: {"recall": 1.0 if c == "normal" else 0.0, "precision": 0.3, "f1": 0.2,
+                                                  "support": 10, "roc_auc": 0.9, "average_precision": 0.8}
+                                              for c in ("normal", "benign", "cancer")},
+             "confusion_matrix": [[10, 0, 0], [10, 0, 0], [10, 0, 0]],
+             "baseline": {"majority_class": "normal", "majority_source": "given", "accuracy": 0.33,
+                          "balanced_accuracy": 0.333, "f1_weighted": 0.2, "f1_macro": 0.2, "macro_auc": 0.5}}
+    metrics.write_text(json.dumps({
+        "model": "custom_cnn", "classes": ["normal", "benign", "cancer"], "manifest_hash": "h",
+        "training": {"best_epoch": 2, "best_epoch_qualified": False,
+                     "qualification": {"reason": "best epoch 2: val balanced accuracy 0.333 <= 0.383"}},
+        "splits": {"val": split}}))
+    loose = ["gate.min_metrics={macro_auc: 0.0}", "gate.must_beat_baseline=false"]
+    refused = gate_models({"custom_cnn": metrics}, load_config(None, loose), tmp_path / "a.json")
+    assert refused["passed"] is False
+    reported = gate_models({"custom_cnn": metrics}, load_config(None, [*loose, "gate.refuse_collapsed=false"]),
+                           tmp_path / "b.json")
+    assert reported["passed"] is True
+    assert any("not enforced (gate.refuse_collapsed=false)" in reason for reason in reported["reasons"])
