@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medpipe_plugin import settings
 from medpipe_plugin.catalog import artifact_key, check_segment, load_catalog, open_registry_store
-from medpipe_plugin.pages import render_catalog, render_version
+from medpipe_plugin.pages import render_card, render_catalog, render_version
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -112,6 +112,21 @@ def _version_page(request: Request, model_name: str, version: str) -> HTMLRespon
     return HTMLResponse(render_version(catalog, view, _root(request)))
 
 
+def _card_page(request: Request, model_name: str, version: str) -> HTMLResponse:
+    """The version's model_card.md as HTML, its plots shown (the raw Markdown stays under files/)."""
+    try:
+        check_segment(model_name, "model name")
+        check_segment(version, "version")
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    catalog = _catalog()
+    view = catalog.find(model_name, version)
+    if view is None or "model_card.md" not in view.files:
+        raise HTTPException(404, f"{model_name}/{version} has no model card in the registry {catalog.store_uri}")
+    markdown = _version_file(model_name, version, "model_card.md").body.decode("utf-8", errors="replace")
+    return HTMLResponse(render_card(view, markdown, _root(request)))
+
+
 def _version_file(model_name: str, version: str, name: str) -> Response:
     from medpipe.store import ObjectNotFoundError, StoreError
 
@@ -142,6 +157,8 @@ def create_app() -> FastAPI:
     router = APIRouter(dependencies=[Depends(requires_authenticated())])
     router.add_api_route("/models", _models_page, methods=["GET"], response_class=HTMLResponse)
     router.add_api_route("/models/{model_name}/{version}", _version_page, methods=["GET"],
+                         response_class=HTMLResponse)
+    router.add_api_route("/models/{model_name}/{version}/card", _card_page, methods=["GET"],
                          response_class=HTMLResponse)
     router.add_api_route("/models/{model_name}/{version}/files/{name:path}", _version_file, methods=["GET"])
     app.include_router(router)

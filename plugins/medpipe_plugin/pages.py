@@ -9,7 +9,7 @@ from urllib.parse import quote
 from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import Catalog, VersionView
 
-__all__ = ["render_catalog", "render_version"]
+__all__ = ["render_catalog", "render_card", "render_version"]
 
 _PLOT_KINDS = ("confusion", "roc")  # shown on the overview; the version page shows every plot
 
@@ -62,9 +62,31 @@ def _gate_cell(v: VersionView) -> str:
     return badge + (f"<ul>{items}</ul>" if items else "")
 
 
+def _card_url(root: str, v: VersionView) -> str:
+    return f"{_version_url(root, v)}/card"
+
+
 def _links(root: str, v: VersionView) -> str:
-    names = [("model.onnx", "ONNX"), ("model_card.md", "model card"), ("metrics.json", "metrics.json")]
-    return " · ".join(f'<a href="{_file_url(root, v, n)}">{label}</a>' for n, label in names if n in v.files)
+    links = [f'<a href="{_card_url(root, v)}">model card</a>'] if "model_card.md" in v.files else []
+    names = [("model.onnx", "ONNX"), ("model_card.md", "card (Markdown)"), ("metrics.json", "metrics.json"),
+             ("parity.json", "parity.json")]
+    links += [f'<a href="{_file_url(root, v, n)}">{label}</a>' for n, label in names if n in v.files]
+    return " · ".join(links)
+
+
+def render_card(v: VersionView, markdown: str, root: str) -> str:
+    """The model card as HTML: Markdown rendered by markdown-it-py with raw HTML off (a card is data, never
+    markup: a `<script>` in it is shown as text), tables on, and its relative image paths (`plots/x.png`)
+    resolved against the version's files through the page's <base>."""
+    from markdown_it import MarkdownIt  # markdown-it-py: only this page needs it
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    base = f'{_file_url(root, v, "")}'
+    title = f"model card — {v.model_name} {v.version}"
+    back = f'<p><a href="{_version_url(root, v)}">← {escape(v.model_name)} {escape(v.version)}</a></p>'
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
+            f'<base href="{escape(base)}"><style>{_STYLE} .card img{{max-width:100%;height:auto}}</style></head>'
+            f'<body>{back}<div class="card">{body}</div></body></html>')
 
 
 def _plots(root: str, v: VersionView, kinds: tuple[str, ...] | None) -> str:

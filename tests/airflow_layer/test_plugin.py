@@ -37,7 +37,8 @@ def _version_folder(root: Path, model: str, accuracy: float, auc: float | None, 
     metrics = {"model": model, "classes": CLASSES, "manifest_hash": "abc", "splits": {"val": _split_metrics(accuracy, auc)}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "gate.json").write_text(json.dumps(gate))
-    (folder / "model_card.md").write_text(f"# {model}\n\n<script>alert(1)</script>\n")
+    (folder / "model_card.md").write_text(f"# {model}\n\n<script>alert(1)</script>\n\n| metric | value |\n|---|---|\n"
+                                          "| macro AUC | 0.9 |\n\n![ROC curves](plots/val_roc.png)\n")
     (folder / "config.yaml").write_text("data:\n  image_size: 32\n")
     for kind in ("val_confusion", "val_roc"):
         Image.fromarray(np.full((8, 8), 200, np.uint8)).save(folder / "plots" / f"{kind}.png")
@@ -136,6 +137,21 @@ def test_version_page_and_files_come_from_the_store(client, auth, registry) -> N
     card = client.get(f"/medpipe/{key}files/model_card.md", headers=auth)
     assert card.headers["content-type"].startswith("text/plain")  # never rendered as HTML
     assert card.headers["x-content-type-options"] == "nosniff"
+
+
+def test_the_model_card_is_served_as_html_with_its_plots(client, auth) -> None:
+    version = "/medpipe/models/resnet18/20260108T000000-bbbbbb"
+    assert client.get(f"{version}/card", headers={"Accept": "application/json"}).status_code == 401
+    overview = client.get("/medpipe/models", headers=auth).text
+    assert f'href="{version}/card"' in overview and "parity.json" not in overview  # no parity.json published here
+    page = client.get(f"{version}/card", headers=auth)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<table>" in page.text and "<td>macro AUC</td>" in page.text
+    assert "&lt;script&gt;" in page.text and "<script>" not in page.text  # a card is data, never markup
+    assert f'<base href="{version}/files/">' in page.text and '<img src="plots/val_roc.png"' in page.text
+    image = client.get(f"{version}/files/plots/val_roc.png", headers=auth)  # where the browser resolves it
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert client.get("/medpipe/models/resnet18/20990101T000000-cccccc/card", headers=auth).status_code == 404
 
 
 @pytest.mark.parametrize("path, status", [
