@@ -56,9 +56,10 @@ def errors_path_for(output_csv: str | Path) -> Path:
     return output_csv.with_name(f"{output_csv.stem}.errors.csv")
 
 
-def list_input_files(input_dir: Path, exclude: Sequence[str] = ()) -> tuple[list[tuple[str, Path]],
-                                                                             list[tuple[str, str]]]:
+def list_input_files(input_dir: Path, exclude: Sequence[str] = (),
+                     markers: Sequence[str] = ()) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     """Walk `input_dir` recursively in a stable order; names matching an `exclude` glob are skipped, and said so.
+    `markers` are file names at the top of `input_dir` that are not inputs at all (an inbox batch's _READY).
 
     Returns:
         (images as (relative POSIX path, path), errors as (relative path, reason) for files not to be scored).
@@ -67,6 +68,8 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = ()) -> tuple[list
     images, errors = [], []
     for path in sorted(p for p in input_dir.rglob("*") if not p.is_dir()):
         rel = path.relative_to(input_dir).as_posix()
+        if rel in markers:
+            continue
         matched = excluded_by(path.name, exclude)
         if matched is not None:
             errors.append((rel, f"file name matches data.exclude pattern {matched!r} (not an image to classify); "
@@ -261,7 +264,8 @@ def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size:
 
 
 def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_csv: str | Path, cfg: Config,
-                 store: Any = None, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+                 store: Any = None, resume: bool = False, overwrite: bool = False,
+                 markers: Sequence[str] = ()) -> dict[str, Any]:
     """Score every image under `input_dir` with an ONNX model; one CSV row per image.
 
     Args:
@@ -274,6 +278,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
         store: the model store; default `open_store(cfg.store)` when a store reference is given.
         resume: keep the rows of an existing output and score only the files it lacks.
         overwrite: replace an existing output.
+        markers: file names at the top of `input_dir` that are signals, not inputs (medpipe.inbox's _READY).
 
     Returns:
         Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
@@ -295,7 +300,7 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     factors, risk_prevalence = _risk_factors(info, cfg.score.prevalence, model_ref_or_path)
     header = _header(info.classes, factors is not None)
     earlier = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
-    images, errors = list_input_files(input_dir, cfg.data.exclude)
+    images, errors = list_input_files(input_dir, cfg.data.exclude, markers)
     found = [rel for rel, _ in images] + [rel for rel, _ in errors]
     rows = _keep_current(earlier, images, output_csv)
     kept = len(rows)

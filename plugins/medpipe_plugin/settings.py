@@ -40,6 +40,8 @@ __all__ = [
     "data_root",
     "gpu_pool",
     "gpu_queue",
+    "inbox",
+    "inbox_schedule",
     "model_version",
     "retrain_schedule",
     "run_dir",
@@ -96,6 +98,17 @@ def work_root() -> str:
 def score_inbox() -> str:
     """Folder the scoring DAG scores when triggered by a new champion."""
     return os.environ.get("MEDPIPE_SCORE_INBOX") or str(SAMPLE_DATA / "val")
+
+
+def inbox() -> str:
+    """Where new batches arrive for medpipe_inbox: a folder or s3://bucket/prefix; "" = no inbox (manual runs)."""
+    return os.environ.get("MEDPIPE_INBOX", "").strip()
+
+
+def inbox_schedule() -> timedelta | None:
+    """How often medpipe_inbox looks for new batches (MEDPIPE_INBOX_POLL_MIN, default 10); None without an inbox."""
+    minutes = _env_int("MEDPIPE_INBOX_POLL_MIN", 10, 1, 24 * 60, " of minutes")
+    return timedelta(minutes=minutes) if inbox() else None
 
 
 def retrain_schedule() -> str | None:

@@ -33,10 +33,10 @@ def dagbag():
 
 def test_no_import_errors_and_both_dags_present(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"medpipe_retrain", "medpipe_score"} <= set(dagbag.dag_ids)
+    assert {"medpipe_retrain", "medpipe_score", "medpipe_inbox"} <= set(dagbag.dag_ids)
 
 
-@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score"])
+@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score", "medpipe_inbox"])
 def test_every_dag_has_docs_tags_no_catchup_and_retrying_tasks(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
     assert dag.doc_md and dag_id in dag.doc_md
@@ -75,11 +75,12 @@ def test_retrain_has_one_task_per_medpipe_stage_in_stage_order(dagbag) -> None:
 
 
 def test_gpu_tasks_use_the_gpu_pool_and_queue(dagbag) -> None:
-    retrain, score = dagbag.dags["medpipe_retrain"], dagbag.dags["medpipe_score"]
-    gpu_tasks = [retrain.get_task("train_custom_cnn"), retrain.get_task("train_resnet18"), score.get_task("score")]
+    retrain, score, inbox = (dagbag.dags[d] for d in ("medpipe_retrain", "medpipe_score", "medpipe_inbox"))
+    gpu_tasks = [retrain.get_task("train_custom_cnn"), retrain.get_task("train_resnet18"), score.get_task("score"),
+                 inbox.get_task("score_batch")]
     for t in gpu_tasks:
         assert (t.pool, t.pool_slots, t.queue) == ("gpu", 1, "default"), t.task_id
-    cpu_tasks = [t for t in retrain.tasks + score.tasks if t not in gpu_tasks]
+    cpu_tasks = [t for t in retrain.tasks + score.tasks + inbox.tasks if t not in gpu_tasks]
     assert all(t.pool != "gpu" for t in cpu_tasks)
 
 
@@ -98,6 +99,8 @@ def test_params_have_working_defaults(dagbag) -> None:
     assert Path(params["data_root"]).is_dir() and Path(params["config"]).is_file()
     assert params["overrides"] == []
     assert Path(dagbag.dags["medpipe_score"].params["input"]).is_dir()
+    inbox = dagbag.dags["medpipe_inbox"]  # no MEDPIPE_INBOX here: manual runs only, the inbox given as a param
+    assert inbox.params["inbox"] == "" and inbox.params["rescore"] is False and inbox.schedule is None
 
 
 def test_schedule_and_queue_come_from_the_environment(tmp_path: Path) -> None:
@@ -120,7 +123,7 @@ def test_schedule_and_queue_come_from_the_environment(tmp_path: Path) -> None:
 TRAIN_TASKS = {f"train_{model}" for model in MODELS}
 
 
-@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score"])
+@pytest.mark.parametrize("dag_id", ["medpipe_retrain", "medpipe_score", "medpipe_inbox"])
 def test_every_task_and_run_has_a_timeout(dagbag, dag_id: str) -> None:
     """No task may hang forever on its pool slot: training gets 12 h a try, every other task 2 h, a run 48 h."""
     dag = dagbag.dags[dag_id]
@@ -128,7 +131,7 @@ def test_every_task_and_run_has_a_timeout(dagbag, dag_id: str) -> None:
     for t in dag.tasks:
         expected = timedelta(hours=12) if t.task_id in TRAIN_TASKS else timedelta(hours=2)
         assert t.execution_timeout == expected, t.task_id
-    assert TRAIN_TASKS <= set(dag.task_ids) or dag_id == "medpipe_score"
+    assert TRAIN_TASKS <= set(dag.task_ids) or dag_id != "medpipe_retrain"
 
 
 def _parse_in_subprocess(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
@@ -174,13 +177,13 @@ def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: di
         settings.task_retries()
 
 
-def test_a_bad_timeout_is_an_import_error_of_both_dags() -> None:
-    """A bad value breaks both DAG files at parse time (shown in the UI), with the message naming the variable."""
+def test_a_bad_timeout_is_an_import_error_of_every_dag() -> None:
+    """A bad value breaks every DAG file at parse time (shown in the UI), with the message naming the variable."""
     code = "print(' | '.join(e.strip().splitlines()[-1] for e in b.import_errors.values()))\n"
     out = _parse_in_subprocess({"MEDPIPE_TRAIN_TIMEOUT_MIN": "12h"}, code)
     assert out.returncode == 0, out.stderr
     errors = out.stdout.strip().splitlines()[-1]
-    assert errors.count("ValueError: MEDPIPE_TRAIN_TIMEOUT_MIN='12h': expected a whole number of minutes") == 2, errors
+    assert errors.count("ValueError: MEDPIPE_TRAIN_TIMEOUT_MIN='12h': expected a whole number of minutes") == 3, errors
 
 
 def _task_bodies(path: Path) -> list[ast.FunctionDef]:
@@ -189,7 +192,7 @@ def _task_bodies(path: Path) -> list[ast.FunctionDef]:
             and any("task" in ast.unparse(d) for d in n.decorator_list)]
 
 
-@pytest.mark.parametrize("name", ["medpipe_retrain.py", "medpipe_score.py"])
+@pytest.mark.parametrize("name", ["medpipe_retrain.py", "medpipe_score.py", "medpipe_inbox.py"])
 def test_dag_files_import_medpipe_only_inside_tasks(name: str) -> None:
     """Parsing a DAG file must stay cheap: at module level only the stage list (medpipe.stages, which imports no
     torch: checked below), no other medpipe module and no torch."""
@@ -206,3 +209,10 @@ def test_the_stage_list_imports_no_torch() -> None:
            "print(sorted(heavy)); sys.exit(1 if heavy else 0)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_inbox_is_polled_when_one_is_set(tmp_path: Path) -> None:
+    code = "d = b.get_dag('medpipe_inbox')\nprint(d.schedule, d.params['inbox'])\n"
+    out = _parse_in_subprocess({"MEDPIPE_INBOX": str(tmp_path), "MEDPIPE_INBOX_POLL_MIN": "5"}, code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"0:05:00 {tmp_path}"

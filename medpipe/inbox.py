@@ -1,0 +1,134 @@
+"""New image folders scored as they arrive: an inbox of batches, each scored once per model version.
+
+An inbox is a local folder or an `s3://bucket/prefix` (opened like the model store). A batch is a folder directly
+under it, `<inbox>/<batch>/…images…`, and it is complete when `<batch>/_READY` exists: the exporting tool writes
+that marker LAST, after every image, so a folder still being written is never touched. (An empty `_READY` is
+enough; its content is ignored.)
+
+Each batch is scored into the model store under `scores/<model>/<version>/<batch>/`: `errors.csv`,
+`summary.json`, then `predictions.csv` LAST — its presence means "this version scored this batch". A batch
+already scored by the current version is never scored again; one scored by an earlier version is rescored only
+with `rescore=True` (off by default: a new champion does not redo the past unless asked). A scored batch is never
+rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medpipe.config import Config, StoreConfig
+from medpipe.fileio import atomic_write_text
+from medpipe.score import errors_path_for, score_folder
+from medpipe.store import LocalStore, Store, open_store, validate_key
+
+__all__ = ["READY_MARKER", "InboxError", "ScoredBatch", "open_inbox", "ready_batches", "pending_batches",
+           "scores_prefix", "score_batch"]
+
+_logger = logging.getLogger(__name__)
+
+READY_MARKER = "_READY"
+_PREDICTIONS, _ERRORS, _SUMMARY = "predictions.csv", "errors.csv", "summary.json"
+
+
+class InboxError(RuntimeError):
+    """An inbox or batch cannot be used as asked (named, with what to do)."""
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    batch: str
+    prefix: str  # scores/<model>/<version>/<batch>/ in the model store
+    status: str  # "scored" or "already scored"
+    summary: dict[str, Any]
+
+
+def open_inbox(uri: str, store_cfg: StoreConfig) -> Store:
+    """The inbox as a store: a local folder, or an S3 prefix reached with the model store's endpoint and timeouts."""
+    if not uri.strip():
+        raise InboxError("no inbox given: set MEDPIPE_INBOX (a folder or s3://bucket/prefix) or the DAG's inbox param")
+    if "://" not in uri and not Path(uri).expanduser().is_dir():
+        raise InboxError(f"inbox {uri} does not exist or is not a folder")
+    return open_store(dataclasses.replace(store_cfg, uri=uri))
+
+
+def ready_batches(inbox: Store) -> list[str]:
+    """Names of the complete batches (a `<batch>/_READY` marker), sorted."""
+    names = set()
+    for key in inbox.list(""):
+        parts = key.split("/")
+        if len(parts) == 2 and parts[1] == READY_MARKER:
+            try:
+                scores_prefix("m", "v", parts[0])
+            except ValueError as exc:  # a name that cannot be a store key: reported, the other batches go on
+                _logger.warning("inbox %s: batch %r skipped: %s", inbox.uri(), parts[0], exc)
+                continue
+            names.add(parts[0])
+    return sorted(names)
+
+
+def scores_prefix(model_name: str, version: str, batch: str) -> str:
+    prefix = f"scores/{model_name}/{version}/{batch}/"
+    validate_key(prefix + _PREDICTIONS)
+    return prefix
+
+
+def _scored_by_any_version(store: Store, batch: str) -> bool:
+    return any(key.endswith(f"/{batch}/{_PREDICTIONS}") and key.count("/") == 4 for key in store.list("scores/"))
+
+
+def pending_batches(inbox: Store, store: Store, model_name: str, version: str, rescore: bool = False) -> list[str]:
+    """Complete batches this model version has not scored; without `rescore`, also none that any version scored."""
+    pending = []
+    for batch in ready_batches(inbox):
+        if store.exists(scores_prefix(model_name, version, batch) + _PREDICTIONS):
+            continue
+        if not rescore and _scored_by_any_version(store, batch):
+            continue
+        pending.append(batch)
+    return pending
+
+
+def _fetch(inbox: Store, batch: str, dest: Path) -> Path:
+    """The batch's files as a local folder: the inbox folder itself when it is local, else a download."""
+    if isinstance(inbox, LocalStore):
+        return inbox.root / batch
+    for key in inbox.list(f"{batch}/"):
+        if key != f"{batch}/{READY_MARKER}":
+            inbox.get_file(key, dest / key)
+    return dest / batch
+
+
+def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str, version: str, store: Store,
+                cfg: Config, work_dir: str | Path) -> ScoredBatch:
+    """Score one complete batch with the given model and put its outputs into the store (predictions.csv last).
+
+    Idempotent: a batch this version scored is returned as recorded; a retried task keeps the rows its failed try
+    wrote in `work_dir` (score_folder's resume) and scores only the rest.
+    """
+    if batch not in ready_batches(inbox):
+        raise InboxError(f"batch {batch!r} in {inbox.uri()} has no {READY_MARKER} marker: not complete, not scored")
+    prefix = scores_prefix(model_name, version, batch)
+    if store.exists(prefix + _PREDICTIONS):
+        summary = json.loads(store.get_bytes(prefix + _SUMMARY)) if store.exists(prefix + _SUMMARY) else {}
+        return ScoredBatch(batch, prefix, "already scored", summary)
+    work_dir = Path(work_dir)
+    images = _fetch(inbox, batch, work_dir / "images")
+    output = work_dir / _PREDICTIONS
+    summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,))
+    record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
+              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")}}
+    atomic_write_text(work_dir / _SUMMARY, json.dumps(record, indent=1))
+    store.put_file(prefix + _ERRORS, errors_path_for(output))
+    store.put_file(prefix + _SUMMARY, work_dir / _SUMMARY)
+    store.put_file(prefix + _PREDICTIONS, output)  # last: marks the batch scored by this version
+    if not isinstance(inbox, LocalStore):
+        shutil.rmtree(work_dir / "images", ignore_errors=True)
+    _logger.info("batch %s: %d images scored, %d errors -> %s", batch, summary["scored"] + summary["kept"],
+                 summary["errors"], store.uri(prefix))
+    return ScoredBatch(batch, prefix, "scored", record)
