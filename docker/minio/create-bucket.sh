@@ -6,6 +6,15 @@
 #   - user $MEDPIPE_S3_ACCESS_KEY with that policy: the credentials the Airflow services use (never the root user)
 set -eu
 : "${MINIO_ROOT_USER:?}" "${MINIO_ROOT_PASSWORD:?}" "${MINIO_BUCKET:?}" "${MEDPIPE_S3_ACCESS_KEY:?}" "${MEDPIPE_S3_SECRET_KEY:?}"
+# compose's :? guards let a copied .env.example through: refuse its change-me placeholders by name.
+for name in MINIO_ROOT_PASSWORD MEDPIPE_S3_SECRET_KEY; do
+  eval "value=\$$name"
+  case "$(printf '%s' "$value" | tr '[:upper:]' '[:lower:]')" in
+    ""|change-me*|changeme|change_me)
+      echo "minio-init: refusing to start: $name in docker/.env is empty or a placeholder: set a real secret" >&2
+      exit 1 ;;
+  esac
+done
 
 mc alias set local http://minio:9000 "$MINIO_ROOT_USER" "$MINIO_ROOT_PASSWORD" > /dev/null
 mc mb --ignore-existing "local/$MINIO_BUCKET"

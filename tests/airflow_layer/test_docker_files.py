@@ -35,6 +35,16 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DOCKER / "compose.yaml").read_text())
 
 
+def _airflow_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the medpipe image (x-airflow-common)."""
+    image = compose["x-airflow-common"]["image"]
+    return {n: s for n, s in compose["services"].items() if s.get("image") == image}
+
+
+def _gpu_workers(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: s for n, s in _airflow_services(compose).items() if n.startswith("airflow-gpu-worker")}
+
+
 def _env_example() -> dict[str, str]:
     pairs = [line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
@@ -63,7 +73,7 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
     copied = []
     for kind, value in _dockerfile_instructions():
         if kind == "COPY" and not value.startswith("--from"):
-            copied += value.split()[:-1]
+            copied += [word for word in value.split()[:-1] if not word.startswith("--")]
     assert copied
     for src in copied:
         assert (REPO_ROOT / src).exists(), f"COPY {src}: no such path in the repository"
@@ -87,22 +97,21 @@ def test_deploy_pins_are_exact_and_agree_with_the_constraints() -> None:
     assert not clashes
 
 
-def test_compose_runs_airflow_with_celery_postgres_redis_minio_and_a_gpu_worker(compose) -> None:
+def test_compose_runs_airflow_with_celery_postgres_redis_minio_and_gpu_workers(compose) -> None:
     services = compose["services"]
     assert {"postgres", "redis", "minio", "minio-init", "airflow-init", "airflow-apiserver", "airflow-scheduler",
-            "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-gpu-worker"} <= set(services)
-    gpu = services["airflow-gpu-worker"]
+            "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "airflow-gpu-worker-0",
+            "airflow-gpu-worker-1"} <= set(services)
+    gpu = services["airflow-gpu-worker-0"]
     env = gpu["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert gpu["command"][:4] == ["celery", "worker", "--queues", env["MEDPIPE_GPU_QUEUE"]]
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert services["airflow-worker"]["command"][:4] == ["celery", "worker", "--queues", "default"]
     assert "deploy" not in services["airflow-worker"]
     assert env["MEDPIPE_STORE_URI"].startswith("s3://") and env["MEDPIPE_STORE_ENDPOINT_URL"] == "http://minio:9000"
     assert "airflow pools set gpu" in " ".join(services["airflow-init"]["command"])
     # every worker sees the same work folder: tasks hand each other paths
-    for name in ("airflow-worker", "airflow-gpu-worker"):
+    for name in ("airflow-worker", *_gpu_workers(compose)):
         assert any(v.startswith("medpipe-work:/srv/medpipe/work") for v in services[name]["volumes"])
     assert env["MEDPIPE_WORK_ROOT"] == "/srv/medpipe/work"
     for name, service in services.items():
@@ -136,6 +145,8 @@ def test_secrets_only_come_from_the_env_file(compose) -> None:
         if isinstance(node, list):
             return [p for i, v in enumerate(node) for p in literal_secrets(v, f"{path}[{i}]")]
         name = path.rsplit(".", 1)[-1]
+        if name.endswith("_FILE"):  # where a secret is kept (a path), not the secret
+            return []
         return [path] if _SECRET_NAME.search(name) and "${" not in str(node) else []
 
     assert literal_secrets(compose["services"]) == []
@@ -153,3 +164,125 @@ def test_hadolint_accepts_the_dockerfile() -> None:
     hadolint = _HADOLINT
     result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- a deployment that starts: GPUs only where they belong, writable logs, passwords that survive a re-create ---
+
+def _reserved_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    return (((service.get("deploy") or {}).get("resources") or {}).get("reservations") or {}).get("devices") or []
+
+
+def test_the_image_defaults_to_no_gpu() -> None:
+    envs = " ".join(v for k, v in _dockerfile_instructions() if k == "ENV")
+    assert "NVIDIA_VISIBLE_DEVICES=void" in envs, "the CUDA base image's NVIDIA_VISIBLE_DEVICES=all must not leak"
+
+
+def test_cpu_services_see_no_gpu(compose) -> None:
+    cpu = {n: s for n, s in _airflow_services(compose).items() if n not in _gpu_workers(compose)}
+    assert {"airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+            "airflow-worker"} <= set(cpu)
+    for name, service in cpu.items():
+        env = service["environment"]
+        assert env.get("NVIDIA_VISIBLE_DEVICES") in ("void", "none"), name
+        assert "CUDA_VISIBLE_DEVICES" not in env, name
+        assert not _reserved_devices(service), f"{name} reserves a device"
+        assert "gpus" not in service and service.get("runtime") != "nvidia" and "devices" not in service, name
+
+
+def test_each_gpu_worker_reserves_exactly_one_distinct_gpu(compose) -> None:
+    workers = _gpu_workers(compose)
+    assert len(workers) >= 2
+    ids = []
+    reference = workers["airflow-gpu-worker-0"]
+    for name, service in workers.items():
+        index = name.rsplit("-", 1)[1]
+        assert index.isdigit(), f"{name}: name the worker by its GPU id"
+        devices = _reserved_devices(service)
+        assert devices == [{"driver": "nvidia", "device_ids": [index], "capabilities": ["gpu"]}], name
+        env = service["environment"]
+        # the same id for hosts whose default runtime is nvidia; inside the container that GPU is CUDA device 0
+        assert env["NVIDIA_VISIBLE_DEVICES"] == index and env["CUDA_VISIBLE_DEVICES"] == "0", name
+        assert service["command"] == ["celery", "worker", "--queues", env["MEDPIPE_GPU_QUEUE"], "--concurrency", "1"]
+        ids.append(index)
+        # everything but the device (and the profile that switches it on) is shared through x-gpu-worker
+        strip = ("deploy", "profiles", "environment")
+        assert {k: v for k, v in service.items() if k not in strip} == \
+            {k: v for k, v in reference.items() if k not in strip}, name
+        assert {k: v for k, v in env.items() if k != "NVIDIA_VISIBLE_DEVICES"} == \
+            {k: v for k, v in reference["environment"].items() if k != "NVIDIA_VISIBLE_DEVICES"}, name
+        if index != "0":
+            assert service["profiles"] == [f"gpu{index}"], f"{name}: off unless `--profile gpu{index}`"
+    assert len(set(ids)) == len(ids), f"two GPU workers reserve the same GPU: {ids}"
+    # the pool "gpu" defaults to the GPU workers a plain `docker compose up` starts
+    default_on = [n for n, s in workers.items() if not s.get("profiles")]
+    assert default_on == ["airflow-gpu-worker-0"]
+    text = (DOCKER / "compose.yaml").read_text()
+    assert "MEDPIPE_GPU_SLOTS: ${MEDPIPE_GPU_SLOTS:-1}" in text and _env_example()["MEDPIPE_GPU_SLOTS"] == "1"
+
+
+def _mkdirs_before_user() -> tuple[set[str], list[str], str]:
+    """Folders made by RUN mkdir, the chown commands, both before the last USER; and the AIRFLOW_UID default."""
+    made, chowns, uid = set(), [], ""
+    for kind, value in _dockerfile_instructions():
+        if kind == "ARG" and value.startswith("AIRFLOW_UID="):
+            uid = value.split("=", 1)[1]
+        if kind == "USER":
+            break
+        if kind == "RUN":
+            for command in re.split(r"&&|;", value):
+                words = command.split()
+                if words[:1] == ["mkdir"]:
+                    made |= {w.rstrip("/") for w in words[1:] if not w.startswith("-")}
+                if words[:1] == ["chown"]:
+                    chowns.append(command.strip())
+    return made, chowns, uid
+
+
+def test_named_volume_mount_points_exist_in_the_image_owned_by_the_airflow_uid(compose) -> None:
+    made, chowns, uid = _mkdirs_before_user()
+    assert uid == "50000"
+    assert "/opt/airflow/logs" in made, "a missing /opt/airflow/logs becomes a root-owned volume"
+    users = [v for k, v in _dockerfile_instructions() if k == "USER"]
+    assert users[-1] == "${AIRFLOW_UID}"
+    named = set(compose["volumes"])
+    targets = {v.split(":")[1] for s in _airflow_services(compose).values() for v in s["volumes"]
+               if v.split(":")[0] in named}
+    assert {"/opt/airflow/logs", "/opt/airflow/auth", "/srv/medpipe/work"} <= targets
+    for target in targets:
+        assert target in made, f"{target}: mount point of a named volume not created in the Dockerfile"
+        assert any(c.startswith('chown -R "${AIRFLOW_UID}:0"') and any(
+            target == p or target.startswith(p + "/") for p in c.split()[3:]) for c in chowns), \
+            f"{target} is not chowned to the airflow uid before USER"
+
+
+def test_the_simple_auth_password_file_lives_on_a_volume(compose) -> None:
+    from importlib.util import find_spec
+
+    key = "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
+    templates = Path(find_spec("airflow").submodule_search_locations[0]) / "config_templates" / "config.yml"
+    assert "    simple_auth_manager_passwords_file:" in templates.read_text(), "Airflow's [core] option name"
+    api = compose["services"]["airflow-apiserver"]
+    path = api["environment"][key]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in api["volumes"]}
+    folder = str(Path(path).parent)
+    assert mounts.get(folder) in compose["volumes"], f"{path} must be on a named volume of the API server"
+    # the API server mounts everything the other services mount, plus that volume
+    assert set(compose["x-airflow-common"]["volumes"]) <= set(api["volumes"])
+    others = [n for n, s in _airflow_services(compose).items() if n != "airflow-apiserver"
+              and any(v.startswith(mounts[folder] + ":") for v in s["volumes"])]
+    assert others == [], "only the API server needs the UI passwords"
+
+
+def test_every_airflow_service_checks_its_environment_before_airflow_starts(compose) -> None:
+    entrypoint = [v for k, v in _dockerfile_instructions() if k == "ENTRYPOINT"][-1]
+    assert entrypoint == '["/usr/bin/tini", "--", "/opt/medpipe/docker/entrypoint.sh"]'
+    script = (DOCKER / "entrypoint.sh").read_text().split("\n")
+    body = [line for line in script if line.strip() and not line.startswith("#")]
+    assert body == ["set -e", "python /opt/medpipe/docker/check_env.py", 'exec airflow "$@"']
+    if shutil.which("sh"):
+        assert subprocess.run(["sh", "-n", str(DOCKER / "entrypoint.sh")], capture_output=True).returncode == 0
+    copies = " ".join(v for k, v in _dockerfile_instructions() if k == "COPY")
+    assert "docker/check_env.py docker/entrypoint.sh ./docker/" in copies  # WORKDIR /opt/medpipe
+    for name, service in _airflow_services(compose).items():
+        if "entrypoint" in service:  # airflow-init runs bash -c: the check must come first there too
+            assert " ".join(service["command"]).startswith("python /opt/medpipe/docker/check_env.py && "), name
