@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from medpipe_testdata import write_dataset
+from shipping_fixtures import trained_run  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PUBLISH_TASKS = {"export", "publish"}
@@ -211,3 +212,41 @@ def test_the_dag_and_the_cli_make_the_same_run_folder(no_retries, tmp_path: Path
     dag_summary = json.loads((dag_folder / "summary.json").read_text())
     assert dag_summary == json.loads((cli_folder / "summary.json").read_text())
     assert set(dag_summary["models"]) == {"custom_cnn", "resnet18"}
+
+
+def test_the_inbox_dag_scores_each_complete_batch_once(no_retries, trained_run, tmp_path: Path) -> None:  # noqa: F811
+    """Two complete batches are scored by one mapped task each; a folder without _READY is left alone; a second
+    run finds nothing to do."""
+    import shutil
+
+    from medpipe.export import export_onnx
+    from medpipe.registry import publish_version
+    from medpipe.store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    release = tmp_path / "release"
+    export_onnx(trained_run.checkpoints["custom_cnn"], trained_run.cache_dir, trained_run.cfg,
+                release / "model.onnx", trained_run.metrics["custom_cnn"], "v1")
+    shutil.copyfile(trained_run.metrics["custom_cnn"], release / "metrics.json")
+    publish_version(store, release, "custom_cnn", "v1")
+    inbox = tmp_path / "inbox"
+    for name, ready in (("b1", True), ("b2", True), ("b3-writing", False)):
+        data = write_dataset(tmp_path / f"src-{name}", per_class={"val": 1}, splits=("val",), size=32)
+        shutil.copytree(data / "val", inbox / name)
+        if ready:
+            (inbox / name / "_READY").write_text("")
+    conf = {"inbox": str(inbox), "rescore": False, "config": "", "store_uri": str(store.root),
+            "work_root": str(tmp_path / "work"), "overrides": ["score.provider=cpu"]}
+
+    first = _dags()["medpipe_inbox"].test(run_conf=conf)
+    assert str(first.state) == "success", _states(first)
+    assert [item["batch"] for item in _xcoms(first, "find_batches")["return_value"]] == ["b1", "b2"]
+    for batch in ("b1", "b2"):
+        prefix = f"scores/custom_cnn/v1/{batch}/"
+        assert sorted(store.list(prefix)) == [prefix + n for n in ("errors.csv", "predictions.csv", "summary.json")]
+        assert len(_read_csv(store.get_bytes(prefix + "predictions.csv"))) == 3
+    assert not store.list("scores/custom_cnn/v1/b3-writing/")
+
+    second = _dags()["medpipe_inbox"].test(run_conf=conf)
+    assert str(second.state) == "success", _states(second)
+    assert _xcoms(second, "find_batches")["return_value"] == []
