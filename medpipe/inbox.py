@@ -14,10 +14,12 @@ rewritten.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,15 @@ def _fetch(inbox: Store, batch: str, dest: Path) -> Path:
     return dest / batch
 
 
+def _batch_profile(predictions_csv: Path) -> dict[str, Any]:
+    """What the batch looked like to the model: predicted-class counts and the mean of every prob_/risk_ column."""
+    with predictions_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in (rows[0] if rows else {}) if c.startswith(("prob_", "risk_"))]
+    return {"predicted": dict(sorted(Counter(r["predicted"] for r in rows).items())),
+            "mean": {c: round(sum(float(r[c]) for r in rows) / len(rows), 6) for c in columns}}
+
+
 def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str, version: str, store: Store,
                 cfg: Config, work_dir: str | Path) -> ScoredBatch:
     """Score one complete batch with the given model and put its outputs into the store (predictions.csv last).
@@ -122,7 +133,8 @@ def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str
     output = work_dir / _PREDICTIONS
     summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,))
     record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
-              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")}}
+              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")},
+              **_batch_profile(output)}
     atomic_write_text(work_dir / _SUMMARY, json.dumps(record, indent=1))
     store.put_file(prefix + _ERRORS, errors_path_for(output))
     store.put_file(prefix + _SUMMARY, work_dir / _SUMMARY)

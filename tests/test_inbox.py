@@ -56,6 +56,9 @@ def test_complete_batches_are_scored_once_per_version(model: Path, trained_run: 
     errors = _rows(store.get_bytes(first.prefix + "errors.csv"))
     assert len(rows) == 3 and [e["path"] for e in errors] == ["broken.png"]  # every input in exactly one of them
     assert first.summary["files"] == 4 and first.summary["errors"] == 1
+    assert sum(first.summary["predicted"].values()) == 3  # the batch's predicted-class distribution
+    assert set(first.summary["mean"]) >= {"prob_normal", "prob_benign", "prob_cancer"}
+    assert abs(sum(first.summary["mean"][f"prob_{c}"] for c in ("normal", "benign", "cancer")) - 1) < 1e-4
 
     again = score_batch(inbox, "2026-12-01", model, "custom_cnn", "v1", store, trained_run.cfg, tmp_path / "w2")
     assert again.status == "already scored" and again.summary["scored"] == 3
