@@ -21,13 +21,14 @@ twice; a retried batch keeps the rows its failed try wrote.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import common_params, default_args, load_run_config, resolve_config, run_dir
+from medpipe_plugin.dag_common import (common_params, dag_arguments, default_args, load_run_config, resolve_config,
+                                      run_dir)
 
 _logger = logging.getLogger(__name__)
 
@@ -75,13 +76,10 @@ def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
 @dag(
     dag_id="medpipe_inbox",
     schedule=settings.inbox_schedule(),
-    start_date=datetime(2025, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=settings.dagrun_timeout(),
     default_args=DEFAULT_ARGS,
     tags=["medpipe", "scoring"],
     doc_md=__doc__,
+    **dag_arguments(),
     params={
         "inbox": Param(settings.inbox(), type="string", description="folder or s3://bucket/prefix of batches"),
         "rescore": Param(False, type="boolean", description="also score batches an earlier version scored"),

@@ -26,14 +26,14 @@ failed after `$MEDPIPE_DAGRUN_TIMEOUT_MIN` (48 h).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
 
 from medpipe.stages import STAGES
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import common_params, default_args, run_stage_task, start
+from medpipe_plugin.dag_common import common_params, dag_arguments, default_args, run_stage_task, start
 from medpipe_plugin.operators import PublishModelOperator
 
 _logger = logging.getLogger(__name__)
@@ -81,13 +81,10 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
 @dag(
     dag_id="medpipe_retrain",
     schedule=settings.retrain_schedule(),
-    start_date=datetime(2025, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=settings.dagrun_timeout(),
     default_args=DEFAULT_ARGS,
     tags=["medpipe", "training"],
     doc_md=__doc__,
+    **dag_arguments(),
     params={
         "data_root": Param(settings.data_root(), type="string", description="dataset root folder"),
         **common_params("train.epochs=5"),

@@ -14,7 +14,7 @@ of files that could not be scored) to the store as `scores/<run id>/`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,8 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from medpipe_plugin import settings
-from medpipe_plugin.dag_common import (announced_model, common_params, default_args, load_run_config, resolve_config,
-                                      run_dir)
+from medpipe_plugin.dag_common import (announced_model, common_params, dag_arguments, default_args, load_run_config,
+                                      resolve_config, run_dir)
 
 
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=timedelta(minutes=15))
@@ -76,13 +76,10 @@ def upload_results(summary: dict[str, Any], config_path: str) -> list[str]:
 @dag(
     dag_id="medpipe_score",
     schedule=[settings.CHAMPION_ASSET],
-    start_date=datetime(2025, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    dagrun_timeout=settings.dagrun_timeout(),
     default_args=DEFAULT_ARGS,
     tags=["medpipe", "scoring"],
     doc_md=__doc__,
+    **dag_arguments(),
     params={
         "input": Param(settings.score_inbox(), type="string", description="folder of images to score"),
         **common_params("score.batch_size=128"),

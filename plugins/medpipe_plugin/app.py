@@ -99,7 +99,8 @@ def _models_page(request: Request) -> HTMLResponse:
     return HTMLResponse(render_catalog(_catalog(), _root(request)))
 
 
-def _version_page(request: Request, model_name: str, version: str) -> HTMLResponse:
+def _find_version(model_name: str, version: str):
+    """(catalog, the version's view); 400 for a malformed name, 404 for one the registry lacks."""
     try:
         check_segment(model_name, "model name")
         check_segment(version, "version")
@@ -109,19 +110,18 @@ def _version_page(request: Request, model_name: str, version: str) -> HTMLRespon
     view = catalog.find(model_name, version)
     if view is None:
         raise HTTPException(404, f"version {model_name}/{version} is not in the registry {catalog.store_uri}")
+    return catalog, view
+
+
+def _version_page(request: Request, model_name: str, version: str) -> HTMLResponse:
+    catalog, view = _find_version(model_name, version)
     return HTMLResponse(render_version(catalog, view, _root(request)))
 
 
 def _card_page(request: Request, model_name: str, version: str) -> HTMLResponse:
     """The version's model_card.md as HTML, its plots shown (the raw Markdown stays under files/)."""
-    try:
-        check_segment(model_name, "model name")
-        check_segment(version, "version")
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-    catalog = _catalog()
-    view = catalog.find(model_name, version)
-    if view is None or "model_card.md" not in view.files:
+    catalog, view = _find_version(model_name, version)
+    if "model_card.md" not in view.files:
         raise HTTPException(404, f"{model_name}/{version} has no model card in the registry {catalog.store_uri}")
     markdown = _version_file(model_name, version, "model_card.md").body.decode("utf-8", errors="replace")
     return HTMLResponse(render_card(view, markdown, _root(request)))

@@ -6,7 +6,7 @@ Kept here (not in medpipe) because they need the Airflow task context; medpipe i
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from medpipe.config import Config
     from medpipe.run_folder import RunFolder
 
-__all__ = ["default_args", "common_params", "run_dir", "load_run_config", "resolve_config", "start",
+__all__ = ["default_args", "dag_arguments", "common_params", "run_dir", "load_run_config", "resolve_config", "start",
            "run_stage_task", "open_run", "announced_model"]
 
 
@@ -32,6 +32,12 @@ def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str
     return {"owner": "medpipe", "retries": settings.task_retries(), "retry_delay": retry_delay,
             "retry_exponential_backoff": 2.0, "max_retry_delay": max_retry_delay,
             "execution_timeout": settings.task_timeout()}
+
+
+def dag_arguments() -> dict[str, Any]:
+    """What every medpipe DAG shares: no catch-up, one run at a time, the run timeout."""
+    return {"start_date": datetime(2025, 1, 1), "catchup": False, "max_active_runs": 1,
+            "dagrun_timeout": settings.dagrun_timeout()}
 
 
 def common_params(overrides_example: str) -> dict[str, Param]:
