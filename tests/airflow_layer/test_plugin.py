@@ -200,3 +200,25 @@ def test_store_uri_falls_back_to_the_airflow_variable(client, auth, registry, mo
         assert page.status_code == 200 and registry["store_uri"] in page.text and "20260108T000000" in page.text
     finally:
         client.delete("/api/v2/variables/medpipe_store_uri", headers=auth)
+
+
+def test_every_link_on_every_page_answers_200(client, auth) -> None:
+    """Walk the Models pages as a logged-in user: every href and img src under /medpipe answers 200."""
+    import re
+    from urllib.parse import urljoin
+
+    seen, queue = set(), ["/medpipe/models"]
+    while queue:
+        url = queue.pop()
+        response = client.get(url, headers=auth)
+        assert response.status_code == 200, (url, response.status_code, response.text[:300])
+        if not response.headers["content-type"].startswith("text/html"):
+            continue
+        base = re.search(r'<base href="([^"]+)"', response.text)
+        for link in re.findall(r'<(?:a|img)\b[^>]*?(?:href|src)="([^"#]+)"', response.text):
+            target = urljoin(base.group(1) if base else url, link)
+            if target.startswith("/medpipe/") and target not in seen:
+                seen.add(target)
+                queue.append(target)
+    assert any(u.endswith("/card") for u in seen) and any(u.endswith(".png") for u in seen)
+    assert len(seen) > 10
