@@ -10,7 +10,10 @@ folder without the marker is still being written and is never touched.
 set, that no earlier version scored either), fixing the version for the whole run; `score_batch` is mapped over
 them, one task per batch (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`), each downloading and verifying that version's
 model.onnx and writing `scores/<model>/<version>/<batch>/{errors.csv, summary.json, predictions.csv}` to the
-model store, predictions.csv last. Cheap polling rather than a deferrable sensor: one short task per interval,
+model store, predictions.csv last. summary.json has the batch's counts, errors, predicted-class distribution,
+mean probabilities and its drift from the training data (PSI against the model's published reference.json,
+threshold 0.25, medpipe.drift): a drifted batch is logged as a WARNING, and fails its task with
+`score.fail_on_drift: true`. Cheap polling rather than a deferrable sensor: one short task per interval,
 no triggerer needed, and `max_active_runs=1` keeps two polls from taking the same batch. A rerun scores nothing
 twice; a retried batch keeps the rows its failed try wrote.
 
@@ -25,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from medpipe_plugin import settings
 from medpipe_plugin.dag_common import (common_params, dag_arguments, default_args, load_run_config, resolve_config,
@@ -60,7 +64,7 @@ def find_batches(config_path: str) -> list[dict[str, str]]:
       map_index_template="{{ task.op_kwargs['item']['batch'] }}")
 def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
     """Score one batch with the version find_batches chose (downloaded, sha256-checked) into the store."""
-    from medpipe.inbox import open_inbox, score_batch as _score_batch
+    from medpipe.inbox import open_inbox, read_reference, score_batch as _score_batch
     from medpipe.registry import resolve_model
     from medpipe.store import open_store
 
@@ -69,7 +73,12 @@ def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
     work = run_dir() / "batches" / item["batch"]
     onnx_path, _ = resolve_model(store, f"{item['model_name']}/{item['version']}", work / "model")
     inbox = open_inbox(get_current_context()["params"]["inbox"], cfg.store)
-    result = _score_batch(inbox, item["batch"], onnx_path, item["model_name"], item["version"], store, cfg, work)
+    result = _score_batch(inbox, item["batch"], onnx_path, item["model_name"], item["version"], store, cfg, work,
+                          reference=read_reference(store, item["model_name"], item["version"]))
+    drift = result.summary.get("drift") or {}
+    if drift.get("drifted") and cfg.score.fail_on_drift:  # the outputs are kept; the failure is the alarm
+        raise AirflowFailException(f"batch {result.batch} drifted from the training data: PSI {drift['psi']} over "
+                                   f"{drift['threshold']} (score.fail_on_drift); scores in {store.uri(result.prefix)}")
     return {"batch": result.batch, "status": result.status, "scores": store.uri(result.prefix), **result.summary}
 
 

@@ -79,6 +79,9 @@ class ScoreConfig:
     # Class prevalence the risk_<class> columns assume (data.classes order), e.g. a screening population's;
     # None = the training set's. Non-negative, rescaled to sum 1.
     prevalence: list[Float] | None = None
+    # medpipe_inbox: fail a batch's task when it drifted from the training data (PSI over medpipe.drift's
+    # threshold); off: the batch is flagged in its summary.json and the log, and the task succeeds.
+    fail_on_drift: bool = False
 
     def __post_init__(self) -> None:
         if self.prevalence is not None and (min(self.prevalence, default=-1) < 0 or not sum(self.prevalence) > 0):

@@ -24,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medpipe.config import Config, StoreConfig
+from medpipe.drift import REFERENCE_NAME, batch_drift
 from medpipe.fileio import atomic_write_text
+from medpipe.onnx_runtime import read_file_metadata
+from medpipe.preprocess import load_image, preprocess_options
 from medpipe.score import errors_path_for, score_folder
 from medpipe.store import LocalStore, Store, open_store, validate_key
 
 __all__ = ["READY_MARKER", "InboxError", "ScoredBatch", "open_inbox", "ready_batches", "pending_batches",
-           "scores_prefix", "score_batch"]
+           "scores_prefix", "score_batch", "read_reference"]
 
 _logger = logging.getLogger(__name__)
 
@@ -96,6 +101,12 @@ def pending_batches(inbox: Store, store: Store, model_name: str, version: str, r
     return pending
 
 
+def read_reference(store: Store, model_name: str, version: str) -> dict[str, Any] | None:
+    """The published version's training reference (reference.json), or None for a version without one."""
+    key = f"models/{model_name}/{version}/{REFERENCE_NAME}"
+    return json.loads(store.get_bytes(key)) if store.exists(key) else None
+
+
 def _fetch(inbox: Store, batch: str, dest: Path) -> Path:
     """The batch's files as a local folder: the inbox folder itself when it is local, else a download."""
     if isinstance(inbox, LocalStore):
@@ -106,18 +117,35 @@ def _fetch(inbox: Store, batch: str, dest: Path) -> Path:
     return dest / batch
 
 
-def _batch_profile(predictions_csv: Path) -> dict[str, Any]:
-    """What the batch looked like to the model: predicted-class counts and the mean of every prob_/risk_ column."""
+def _batch_profile(predictions_csv: Path, images_dir: Path, onnx_path: str | Path, cfg: Config,
+                   reference: dict[str, Any] | None) -> dict[str, Any]:
+    """What the batch looked like to the model: predicted-class counts, the mean of every prob_/risk_ column, and
+    its drift against the model's training reference (medpipe.drift) when the model was published with one."""
     with predictions_csv.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     columns = [c for c in (rows[0] if rows else {}) if c.startswith(("prob_", "risk_"))]
-    return {"predicted": dict(sorted(Counter(r["predicted"] for r in rows).items())),
-            "mean": {c: round(sum(float(r[c]) for r in rows) / len(rows), 6) for c in columns}}
+    profile: dict[str, Any] = {
+        "predicted": dict(sorted(Counter(r["predicted"] for r in rows).items())),
+        "mean": {c: round(sum(float(r[c]) for r in rows) / len(rows), 6) for c in columns} if rows else {}}
+    if reference is None or not rows:
+        profile["drift"] = {"available": False, "reason": "the model was published without a training reference"
+                            if reference is None else "no image of the batch could be scored"}
+        return profile
+    meta = read_file_metadata(onnx_path)
+    options = preprocess_options(meta.get("preprocess_version"))
+    images = np.stack([load_image(images_dir / r["path"], int(meta["input_size"]), cfg.data.max_pixels, **options)
+                       for r in rows])
+    probs = np.array([[float(r[c]) for c in columns if c.startswith("prob_")] for r in rows])
+    profile["drift"] = batch_drift(reference, images, probs)
+    return profile
 
 
 def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str, version: str, store: Store,
-                cfg: Config, work_dir: str | Path) -> ScoredBatch:
+                cfg: Config, work_dir: str | Path, reference: dict[str, Any] | None = None) -> ScoredBatch:
     """Score one complete batch with the given model and put its outputs into the store (predictions.csv last).
+
+    `reference`: the model's training reference (its published reference.json), for the batch's drift; a batch
+    over the threshold is flagged in its summary.json and in the log.
 
     Idempotent: a batch this version scored is returned as recorded; a retried task keeps the rows its failed try
     wrote in `work_dir` (score_folder's resume) and scores only the rest.
@@ -134,7 +162,10 @@ def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str
     summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,))
     record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
               **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")},
-              **_batch_profile(output)}
+              **_batch_profile(output, images, onnx_path, cfg, reference)}
+    if record["drift"].get("drifted"):
+        _logger.warning("batch %s DRIFTED from the training data (PSI > %s): %s", batch, record["drift"]["threshold"],
+                        record["drift"]["psi"])
     atomic_write_text(work_dir / _SUMMARY, json.dumps(record, indent=1))
     store.put_file(prefix + _ERRORS, errors_path_for(output))
     store.put_file(prefix + _SUMMARY, work_dir / _SUMMARY)

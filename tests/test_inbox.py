@@ -91,3 +91,49 @@ def test_a_missing_inbox_is_named(trained_run: TrainedRun, tmp_path: Path) -> No
         open_inbox(str(tmp_path / "nowhere"), StoreConfig(uri=str(tmp_path)))
     with pytest.raises(InboxError, match="MEDPIPE_INBOX"):
         open_inbox("", StoreConfig(uri=str(tmp_path)))
+
+
+def test_a_batch_is_checked_for_drift_against_the_models_training_reference(
+        model: Path, trained_run: TrainedRun, tmp_path: Path) -> None:  # noqa: F811
+    """With a training reference (write_reference: the cached training images, the model's val probabilities) a
+    batch like the training data stays under the PSI threshold and a batch of inverted images is flagged; a batch
+    too small to judge, and a model without a reference, say so instead."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from medpipe.data.cache import build_cache
+    from medpipe.drift import write_reference
+
+    source = write_dataset(tmp_path / "ref-src", per_class={"train": 60, "val": 40}, size=40, seed=21)
+    cache = build_cache(source, trained_run.cfg)
+    val_csv = tmp_path / "val.csv"
+    from medpipe.score import score_folder  # the model's val probabilities: scored like any folder
+
+    score_folder(model, source / "val", val_csv, trained_run.cfg)
+    reference = json.loads(write_reference(cache, val_csv, tmp_path / "ref.json").read_text())
+    assert set(reference["features"]) == {"mean_intensity", "contrast", "top_probability"}
+
+    inbox_dir, store = tmp_path / "inbox", LocalStore(tmp_path / "store")
+    like = write_dataset(tmp_path / "like-src", per_class={"val": 40}, splits=("val",), size=40, seed=31)
+    shutil.copytree(like / "val", inbox_dir / "like")
+    shutil.copytree(like / "val", inbox_dir / "inverted")
+    for path in (inbox_dir / "inverted").rglob("*.png"):
+        Image.fromarray(255 - np.asarray(Image.open(path))).save(path)
+    _batch(inbox_dir, "small", ready=True, seed=5)
+    for name in ("like", "inverted"):
+        (inbox_dir / name / READY_MARKER).write_text("")
+    inbox = open_inbox(str(inbox_dir), trained_run.cfg.store)
+    results = {name: score_batch(inbox, name, model, "custom_cnn", "v1", store, trained_run.cfg,
+                                 tmp_path / f"w-{name}", reference=reference) for name in ("like", "inverted", "small")}
+    assert results["like"].summary["drift"]["drifted"] is False, results["like"].summary["drift"]
+    assert results["inverted"].summary["drift"]["drifted"] is True
+    assert "mean_intensity" in results["inverted"].summary["drift"]["drifted_features"]
+    assert results["small"].summary["drift"] == {"available": False,
+                                                 "reason": "3 scored images; drift needs at least 100"}
+    stored = json.loads(store.get_bytes(results["inverted"].prefix + "summary.json"))
+    assert stored["drift"]["psi"] == results["inverted"].summary["drift"]["psi"]
+    plain = score_batch(inbox, "like", model, "custom_cnn", "v2", store, trained_run.cfg, tmp_path / "w-plain")
+    assert plain.summary["drift"] == {"available": False,
+                                      "reason": "the model was published without a training reference"}
