@@ -22,12 +22,12 @@ import numpy as np
 
 from medpipe.data.cache import load_cache
 from medpipe.fileio import atomic_write_text
+from medpipe.run_folder import REFERENCE_NAME
 
 __all__ = ["DRIFT_THRESHOLD", "MIN_IMAGES", "REFERENCE_NAME", "image_statistics", "reference_profile", "psi", "batch_drift",
            "write_reference"]
 
 DRIFT_THRESHOLD = 0.25  # PSI above which a batch is flagged (a significant shift)
-REFERENCE_NAME = "reference.json"
 _QUANTILES = np.linspace(0.2, 0.8, 4)  # quintile edges: 5 bins, each 20 % of the reference
 # PSI of two samples of one distribution is ~ (bins - 1) * (1/n_batch + 1/n_reference) from sampling noise alone
 # (0.08 for 100 and 100 on 5 bins): fewer images than this say nothing about drift.

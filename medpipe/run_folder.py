@@ -16,7 +16,7 @@ Layout (relative to the run folder):
     models/<name>/eval/{metrics.json,model_card.md,predictions_<split>.csv,plots/*.png}
     summary.{json,md}                 the models beside the majority baseline (the end of `medpipe run`)
     gate.json                         the gate's decision
-    release/{model.onnx,parity.json,metrics.json,model_card.md,gate.json,config.yaml,plots/*.png}
+    release/{model.onnx,parity.json,metrics.json,model_card.md,gate.json,config.yaml,reference.json,plots/*.png}
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ HISTORY_PLOT_NAME = "history.png"
 PARITY_NAME = "parity.json"
 # What a release folder (and so a published registry version) holds beside model.onnx, from the run.
 RELEASE_EVAL_FILES = (METRICS_NAME, CARD_NAME)  # from models/<name>/eval/, required
-RELEASE_FILES = (ONNX_NAME, PARITY_NAME, METRICS_NAME, CARD_NAME, GATE_NAME, CONFIG_NAME)
+REFERENCE_NAME = "reference.json"  # the training reference for drift (medpipe.drift), when the run had enough images
+RELEASE_FILES = (ONNX_NAME, PARITY_NAME, METRICS_NAME, CARD_NAME, GATE_NAME, CONFIG_NAME, REFERENCE_NAME)
 # Settings that say where things are kept, or what is decided after the run (the gate, export, publishing and
 # scoring): the same trained models and metrics come out whatever they are, so they are not part of the identity
 # (`medpipe gate --set gate.min_metrics=...` on a finished run is an ordinary use, not a different run).

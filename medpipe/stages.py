@@ -27,6 +27,7 @@ from medpipe.contracts import read_gate_decision
 from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_complete
 from medpipe.data.validate import format_validation_summary, validate_dataset
 from medpipe.device_lease import leased_device
+from medpipe.drift import REFERENCE_NAME, write_reference
 from medpipe.export import export_onnx
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
@@ -201,8 +202,18 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
         return existing
     version = validate_name(version or new_version_name(), "version")
     stage_release_files(run.eval_dir(name), out, run.gate_path, run.config_path)
+    _write_drift_reference(run, cfg, name, out)
     export_onnx(run.checkpoint(name), _cache_dir(run, cfg), cfg, out / "model.onnx", run.metrics_path(name), version)
     return {"version_dir": str(out), "model_name": name, "version": version}
+
+
+def _write_drift_reference(run: RunFolder, cfg: Config, name: str, out: Path) -> None:
+    """reference.json beside the model (medpipe.drift): what scored batches are compared with. A run too small
+    for one (fewer than drift.MIN_IMAGES train images) ships without it, and its batches say so."""
+    try:
+        write_reference(_cache_dir(run, cfg), run.eval_dir(name) / "predictions_val.csv", out / REFERENCE_NAME)
+    except (ValueError, FileNotFoundError) as exc:
+        _logger.warning("%s ships without a drift reference: %s", name, exc)
 
 
 def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) -> dict[str, Any]:
