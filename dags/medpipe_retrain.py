@@ -4,7 +4,8 @@
 One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run`, `medpipe gate`,
 `medpipe export` and `medpipe publish` run: `start` (resolve the config, check the pretrained weights, hash the
 dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`,
-the models side by side) → `evaluate_<model>` → `summarize` → `gate` → `export` (side files first, model.onnx
+the models side by side) → `evaluate_<model>` → `ensemble` (the mean of the models as one more candidate;
+`evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx
 last, parity-checked against torch) → `publish` (to the model store, champion pointer last). The publish task's
 "Model page" link opens the version in the Models page (Browse → Models).
 

@@ -125,6 +125,9 @@ class EvaluateConfig:
     # and inside the exported ONNX graph (so scoring does the same). Grad-CAM and training's validation see the
     # image as it is.
     tta: bool = False
+    # With two or more models: the mean of their probabilities as one more candidate, "ensemble" (the `ensemble`
+    # stage: metrics, card, summary row, a gate challenger, exported as one ONNX graph; medpipe/ensemble.py).
+    ensemble: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.explain_per_class <= 8:

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medpipe.config import Config
-from medpipe.contracts import CheckpointMeta, read_metrics
+from medpipe.contracts import CheckpointMeta, EnsembleRecord, read_metrics
 from medpipe.data.cache import load_cache
+from medpipe.ensemble import load_model, member_metadata
 from medpipe.evaluate.predict import predict_probs, probabilities, tta_name
 from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
 from medpipe.priors import prior_metadata
 from medpipe.run_folder import PARITY_NAME
-from medpipe.train import load_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -63,13 +63,14 @@ def _probability_model(model: "torch.nn.Module", tta: bool = False) -> "torch.nn
     return ProbabilityModel(model, tta).eval()
 
 
-def _normalization(model: "torch.nn.Module") -> dict[str, float]:
+def _normalization(model: "torch.nn.Module") -> dict[str, Any]:
+    """mean/std of the model's Normalize; an ensemble whose members normalise differently: {"members": [...]}."""
     from medpipe.models import Normalize  # torch stays off the CLI's start-up path
 
-    for module in model.modules():
-        if isinstance(module, Normalize):
-            return {"mean": float(module.mean), "std": float(module.std)}
-    raise ValueError(f"{type(model).__name__} has no Normalize module: not a medpipe model")
+    found = [{"mean": float(m.mean), "std": float(m.std)} for m in model.modules() if isinstance(m, Normalize)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no Normalize module: not a medpipe model")
+    return found[0] if all(f == found[0] for f in found) else {"members": found}
 
 
 def _metrics_summary(metrics_path: Path | None, split: str = "val") -> dict[str, Any] | None:
@@ -90,7 +91,8 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
         model: the logits model (its Normalize buffers give mean/std).
         meta: checkpoint meta, a `CheckpointMeta` or its dict (model_name, classes, image_size, manifest_hash,
             preprocess_version, and from checkpoints that record them prior_correction, training_prior,
-            train_class_counts).
+            train_class_counts), or an ensemble record's dict (members: recorded as `members` and `combine`;
+            no prior correction, see medpipe.evaluate.ensemble).
         version: the model version.
         metrics_summary: headline validation metrics, or None.
         tta: the graph averages over the image and its mirror (recorded as `tta`: "hflip" or "none").
@@ -114,6 +116,7 @@ def model_metadata(model: "torch.nn.Module", meta: Mapping[str, Any], version: s
     }
     # None of these for checkpoints from before training recorded its priors: no made-up factors.
     metadata.update((key, metadata_as_json(value)) for key, value in prior_metadata(meta).items())
+    metadata.update((key, metadata_as_json(value)) for key, value in member_metadata(meta).items())
     return metadata
 
 
@@ -174,7 +177,7 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
             "provider": session.get_providers()[0], "batch_size": batch_size, "tta": tta_name(tta)}
 
 
-def _parity_images(cache_dir: Path, meta: CheckpointMeta, limit: int) -> np.ndarray:
+def _parity_images(cache_dir: Path, meta: CheckpointMeta | EnsembleRecord, limit: int) -> np.ndarray:
     data = load_cache(cache_dir)
     if list(data.classes) != meta.classes or int(data.image_size) != meta.image_size:
         raise ValueError(f"cache {cache_dir} holds classes {data.classes} at {data.image_size} px but the checkpoint "
@@ -206,7 +209,8 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     Also writes `parity.json` beside `out_path`.
 
     Args:
-        checkpoint: best.pt written by `medpipe.train`.
+        checkpoint: best.pt written by `medpipe.train`, or an ensemble.json (`medpipe.ensemble`): one graph
+            holding every member and the mean.
         cache_dir: the cache the model was trained on (parity uses its val images).
         cfg: the config (export.opset, export.parity_atol, export.parity_images, evaluate.tta).
         out_path: the .onnx file to write (replaced atomically).
@@ -228,9 +232,10 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     out_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path = Path(metrics_path) if metrics_path else None
     tta = _export_tta(cfg, metrics_path)
-    model, meta = load_checkpoint(checkpoint, "cpu")
+    model, meta = load_model(checkpoint, "cpu")
     images = _parity_images(Path(cache_dir), meta, cfg.export.parity_images)
-    metadata = model_metadata(model, meta, version, _metrics_summary(metrics_path), tta)
+    meta_view = meta if isinstance(meta, Mapping) else meta.to_dict()  # an EnsembleRecord is not a Mapping
+    metadata = model_metadata(model, meta_view, version, _metrics_summary(metrics_path), tta)
     # The model appears at out_path only after it passed the checker and parity; a failure removes the temp.
     with atomic_output(out_path) as tmp:
         export_module(model, tmp, meta.image_size, metadata, cfg.export.opset, tta)

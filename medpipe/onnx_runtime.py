@@ -50,11 +50,13 @@ META_KEYS = {
     "normalization": "mean/std applied inside the graph (JSON)",
     "output": "'probabilities' (softmax inside the graph)",
     "tta": "test-time augmentation inside the graph: 'hflip' (mean softmax over the image and its mirror) or 'none'",
-    "model_name": "custom_cnn | resnet18",
+    "model_name": "custom_cnn | resnet18 | ensemble",
     "version": "the model version",
     "manifest_hash": "hash of the training data manifest",
     "preprocess_version": "medpipe.preprocess.preprocess_id the model was trained with (version + options)",
     "metrics": "validation metrics summary (JSON)",
+    "members": "an ensemble's members: [{model, checkpoint_sha256}] (JSON); absent for a single model",
+    "combine": "how an ensemble combines its members (the mean of their probabilities); absent for a single model",
     **PRIOR_META_KEYS,
 }
 _REQUIRED = ("classes", "input_size", "input_channels", "output")

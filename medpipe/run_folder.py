@@ -14,6 +14,8 @@ Layout (relative to the run folder):
     validation/validation.{json,md}
     models/<name>/{best.pt,last.pt,history.json,history.png,config.yaml}
     models/<name>/eval/{metrics.json,model_card.md,predictions_<split>.csv,plots/*.png}
+    models/ensemble/ensemble.json     the ensemble's members and their best.pt sha256 (medpipe.ensemble)
+    models/ensemble/eval/...          evaluated like a model
     summary.{json,md}                 the models beside the majority baseline (the end of `medpipe run`)
     gate.json                         the gate's decision
     release/{model.onnx,parity.json,metrics.json,model_card.md,gate.json,config.yaml,reference.json,plots/*.png}
@@ -36,7 +38,7 @@ from medpipe.fileio import atomic_write_text
 
 __all__ = ["RunFolder", "RunIdentity", "RunFolderError", "RUN_RECORD", "RELEASE_FILES", "RELEASE_EVAL_FILES",
            "CHECKPOINT_NAMES", "HISTORY_NAME", "HISTORY_PLOT_NAME", "METRICS_NAME", "CARD_NAME", "GATE_NAME",
-           "PARITY_NAME", "ONNX_NAME", "CONFIG_NAME",
+           "PARITY_NAME", "ONNX_NAME", "CONFIG_NAME", "ENSEMBLE_NAME", "ENSEMBLE_RECORD",
            "code_commit", "config_hash", "default_run_dir", "identity_settings"]
 
 _logger = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ CHECKPOINT_NAMES = {"best": "best.pt", "last": "last.pt"}
 HISTORY_NAME = "history.json"
 HISTORY_PLOT_NAME = "history.png"
 PARITY_NAME = "parity.json"
+# The mean of the run's models (medpipe.ensemble): a model folder holding a record of its members, not weights.
+ENSEMBLE_NAME = "ensemble"
+ENSEMBLE_RECORD = "ensemble.json"
 # What a release folder (and so a published registry version) holds beside model.onnx, from the run.
 RELEASE_EVAL_FILES = (METRICS_NAME, CARD_NAME)  # from models/<name>/eval/, required
 REFERENCE_NAME = "reference.json"  # the training reference for drift (medpipe.drift), when the run had enough images
@@ -159,6 +164,13 @@ class RunFolder:
         if kind not in CHECKPOINT_NAMES:
             raise ValueError(f"checkpoint kind {kind!r}: expected 'best' or 'last'")
         return self.model_dir(model) / CHECKPOINT_NAMES[kind]
+
+    def ensemble_record_path(self) -> Path:
+        return self.model_dir(ENSEMBLE_NAME) / ENSEMBLE_RECORD
+
+    def model_source(self, model: str) -> Path:
+        """What export rebuilds `model` from: best.pt, or for the ensemble its record (members' best.pt)."""
+        return self.ensemble_record_path() if model == ENSEMBLE_NAME else self.checkpoint(model)
 
     def history_path(self, model: str) -> Path:
         return self.model_dir(model) / HISTORY_NAME

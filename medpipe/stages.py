@@ -4,7 +4,7 @@ Each stage is a function of the run folder and the config (and the model, for pe
 inputs from the run folder and writes its outputs there (`medpipe.run_folder`). A stage whose outputs are complete
 returns them as they are, so a resumed run or a retried Airflow task never redoes or rewrites finished work.
 
-`medpipe run` runs the core stages in order (start ... summarize); `medpipe gate`, `medpipe export` and
+`medpipe run` runs the core stages in order (start ... ensemble, summarize); `medpipe gate`, `medpipe export` and
 `medpipe publish` run the shipping stages; the DAG has one task per stage and per model, in the same order.
 
 Modules that import torch or scikit-learn (the models, evaluation, the gate, the summary) are imported inside the
@@ -31,13 +31,13 @@ from medpipe.drift import REFERENCE_NAME, write_reference
 from medpipe.export import export_onnx
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
-from medpipe.run_folder import RunFolder, RunFolderError
+from medpipe.run_folder import ENSEMBLE_NAME, RunFolder, RunFolderError
 from medpipe.store import open_store
 from medpipe.train import train_model
 
 __all__ = ["Stage", "STAGES", "CORE_STAGES", "PipelineError", "stage", "stage_task_ids", "run_stage",
-           "start_run", "run_pipeline", "validate", "cache", "train", "evaluate", "summarize", "gate", "export",
-           "publish"]
+           "start_run", "run_pipeline", "validate", "cache", "train", "evaluate", "ensemble", "summarize", "gate",
+           "export", "publish"]
 
 _logger = logging.getLogger(__name__)
 
@@ -123,13 +123,43 @@ def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
                               run.eval_dir(model))
 
 
+def _with_ensemble(cfg: Config) -> bool:
+    return cfg.evaluate.ensemble and len(cfg.models.names) >= 2
+
+
+def _candidates(run: RunFolder, cfg: Config) -> list[str]:
+    """The models the summary and the gate compare: the run's models, and the ensemble when the run made one."""
+    names = list(cfg.models.names)
+    return names + [ENSEMBLE_NAME] if _with_ensemble(cfg) and run.metrics_path(ENSEMBLE_NAME).is_file() else names
+
+
+def ensemble(run: RunFolder, cfg: Config) -> Path | None:
+    """models/ensemble/: ensemble.json (the members' best.pt and sha256) and eval/ as a model's (medpipe.ensemble);
+    None, writing nothing, when evaluate.ensemble is off or the run trains one model."""
+    # torch and scikit-learn stay off the CLI's and DAG files' start-up path
+    from medpipe.ensemble import write_ensemble_record
+    from medpipe.evaluate.ensemble import evaluate_ensemble
+
+    if not _with_ensemble(cfg):
+        _logger.info("no ensemble: evaluate.ensemble is %s and the run trains %s", cfg.evaluate.ensemble,
+                     list(cfg.models.names))
+        return None
+    if run.metrics_path(ENSEMBLE_NAME).is_file():
+        return run.metrics_path(ENSEMBLE_NAME)
+    members = run.metrics_paths(list(cfg.models.names))  # every member evaluated
+    record = write_ensemble_record({name: run.checkpoint(name) for name in members}, run.ensemble_record_path())
+    with leased_device(cfg.train.device, task=f"evaluate the ensemble in {run.root}") as device:
+        return evaluate_ensemble(record, _cache_dir(run, cfg), _on_device(cfg, device), run.eval_dir(ENSEMBLE_NAME),
+                                 members)
+
+
 def summarize(run: RunFolder, cfg: Config) -> Path:
     """summary.{json,md}: every model beside the majority baseline; marks the core run finished."""
     from medpipe.pipeline import summarize_models  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     if run.finished:
         return run.summary_path
-    return summarize_models(run.metrics_paths(list(cfg.models.names)), cfg.evaluate.select_split,
+    return summarize_models(run.metrics_paths(_candidates(run, cfg)), cfg.evaluate.select_split,
                             (run.summary_path, run.summary_md_path),
                             cfg.data.patient_id_pattern, cfg.evaluate.bootstrap_resamples, data_root=run.data_root(),
                             relative_to=run.root)
@@ -159,7 +189,7 @@ def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -
                                  "outside the run")
         _logger.info("%s holds the gate's decision already; returning it", target)
         return recorded.to_dict()
-    decision = gate_models(run.metrics_paths(list(cfg.models.names)), cfg, target, store=open_store(cfg.store),
+    decision = gate_models(run.metrics_paths(_candidates(run, cfg)), cfg, target, store=open_store(cfg.store),
                            cache_dir=_cache_dir(run, cfg), settings=_gate_settings(cfg))
     return decision
 
@@ -203,7 +233,7 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
     version = validate_name(version or new_version_name(), "version")
     stage_release_files(run.eval_dir(name), out, run.gate_path, run.config_path)
     _write_drift_reference(run, cfg, name, out)
-    export_onnx(run.checkpoint(name), _cache_dir(run, cfg), cfg, out / "model.onnx", run.metrics_path(name), version)
+    export_onnx(run.model_source(name), _cache_dir(run, cfg), cfg, out / "model.onnx", run.metrics_path(name), version)
     return {"version_dir": str(out), "model_name": name, "version": version}
 
 
@@ -240,6 +270,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("cache", cache),
     Stage("train", train, per_model=True, gpu=True),
     Stage("evaluate", evaluate, per_model=True),
+    Stage("ensemble", ensemble),
     Stage("summarize", summarize),
     Stage("gate", gate, core=False),
     Stage("export", export, core=False),

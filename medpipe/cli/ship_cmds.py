@@ -105,7 +105,8 @@ def register(subparsers: Any, add_common: Any) -> None:
                    "val images")
     p.add_argument("--out", help="version folder to write (default: RUN/release); an export there is never "
                    "rewritten")
-    p.add_argument("--model", choices=["custom_cnn", "resnet18"], help="default: the challenger in gate.json")
+    p.add_argument("--model", choices=["custom_cnn", "resnet18", "ensemble"],
+                   help="default: the challenger in gate.json (ensemble: the run's models as one ONNX graph)")
     p.add_argument("--version", help="version recorded in the model (default: UTC timestamp)")
     add_common(p)
     p.set_defaults(func=_cmd_export)

@@ -1,4 +1,5 @@
-"""Typed contracts for what stages hand each other: checkpoint meta, metrics.json, gate.json.
+"""Typed contracts for what stages hand each other: checkpoint meta, metrics.json, gate.json,
+ensemble.json.
 
 Each has a `schema_version`, one writer (`to_dict` / `write(path)`) and one reader (`read_metrics(path)`,
 `read_gate_decision(path)`, `<Contract>.parse(raw, source)` for objects, bytes or text from elsewhere: a
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 from medpipe.contracts._base import ContractError
 from medpipe.contracts.checkpoint import CheckpointMeta
+from medpipe.contracts.ensemble import EnsembleRecord
 from medpipe.contracts.gate import GateDecision, read_gate_decision
 from medpipe.contracts.metrics import HEADLINE_METRICS, MetricsReport, read_metrics
 
-__all__ = ["CheckpointMeta", "ContractError", "GateDecision", "HEADLINE_METRICS", "MetricsReport",
+__all__ = ["CheckpointMeta", "ContractError", "EnsembleRecord", "GateDecision", "HEADLINE_METRICS", "MetricsReport",
            "read_gate_decision", "read_metrics"]

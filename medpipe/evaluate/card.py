@@ -228,7 +228,8 @@ def _config_section(config: dict[str, Any], training: dict[str, Any] | None, mod
 
 
 def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, Any], config: dict[str, Any],
-                     manifest_hash: str, plots: dict[str, str], training: dict[str, Any] | None) -> Path:
+                     manifest_hash: str, plots: dict[str, str], training: dict[str, Any] | None,
+                     notes: list[str] | None = None) -> Path:
     """Write the Markdown model card.
 
     Args:
@@ -242,6 +243,7 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
         training: facts about the training run (epochs_run, best_epoch, stopped_early, monitor, best_score,
             train_images, preprocess_version, best_epoch_qualified, qualification) or None when unknown; a
             collapsed best epoch puts a warning at the top.
+        notes: paragraphs under the title (what an ensemble is made of, a plot left out and why).
 
     Returns:
         The path written.
@@ -250,6 +252,8 @@ def write_model_card(path: str | Path, *, model_name: str, metrics: dict[str, An
     metrics = {**metrics, "manifest_hash": manifest_hash}
     size = config.get("data", {}).get("image_size", "?")
     lines = [f"# Model card: {model_name}", ""] + _collapse_warning(training)
+    for note in notes or []:
+        lines += [note, ""]
     if metrics.get("version"):
         lines += [f"Version: `{metrics['version']}`", ""]
     lines += _INTENDED_USE.format(size=size, classes=", ".join(classes)).splitlines() + [""]

@@ -171,6 +171,12 @@ def _training_facts(meta: dict[str, Any], summary: dict[str, Any] | None) -> dic
     }
 
 
+def _baseline_class(data: Any) -> int | None:
+    """The baseline a deployer could actually have built: always answer the TRAINING majority class."""
+    train = data.splits.get("train")
+    return majority_class(train.labels, len(data.classes)) if train is not None and len(train.labels) else None
+
+
 def _split_counts(data: Any) -> dict[str, dict[str, int]]:
     counts = {}
     for name, arrays in data.splits.items():
@@ -241,12 +247,9 @@ def evaluate_model(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, o
     data = load_cache(cache_dir)
     _check_compatible(meta, data, checkpoint, cache_dir)
     classes = list(data.classes)
-    train = data.splits.get("train")
-    # The baseline a deployer could actually have built: always answer the TRAINING majority class.
-    baseline_class = majority_class(train.labels, len(classes)) if train is not None and len(train.labels) else None
     (out / "plots").mkdir(parents=True, exist_ok=True)
     prior_correction, prior_source = checkpoint_prior_correction(meta, data)
-    splits, plot_paths = _evaluate_splits(model, data, cfg, device, out, baseline_class, prior_correction)
+    splits, plot_paths = _evaluate_splits(model, data, cfg, device, out, _baseline_class(data), prior_correction)
 
     summary = _read_training_summary(checkpoint.parent)
     history_png = _history_plot(checkpoint.parent, summary and summary["history"], out / "plots")

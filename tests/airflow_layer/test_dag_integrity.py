@@ -18,7 +18,8 @@ RETRAIN_EDGES = {
     ("start", "validate"), ("validate", "cache"),
     ("cache", "train_custom_cnn"), ("cache", "train_resnet18"),
     ("train_custom_cnn", "evaluate_custom_cnn"), ("train_resnet18", "evaluate_resnet18"),
-    ("evaluate_custom_cnn", "summarize"), ("evaluate_resnet18", "summarize"), ("summarize", "gate"),
+    ("evaluate_custom_cnn", "ensemble"), ("evaluate_resnet18", "ensemble"), ("ensemble", "summarize"),
+    ("summarize", "gate"),
     ("gate", "gate_passed"), ("gate_passed", "export"), ("export", "publish"),
 }
 MODELS = ("custom_cnn", "resnet18")

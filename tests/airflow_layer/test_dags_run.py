@@ -211,7 +211,7 @@ def test_the_dag_and_the_cli_make_the_same_run_folder(no_retries, tmp_path: Path
     assert _relative_files(dag_folder) == _relative_files(cli_folder)
     dag_summary = json.loads((dag_folder / "summary.json").read_text())
     assert dag_summary == json.loads((cli_folder / "summary.json").read_text())
-    assert set(dag_summary["models"]) == {"custom_cnn", "resnet18"}
+    assert set(dag_summary["models"]) == {"custom_cnn", "resnet18", "ensemble"}
 
 
 def test_the_inbox_dag_scores_each_complete_batch_once(no_retries, trained_run, tmp_path: Path) -> None:  # noqa: F811
