@@ -28,6 +28,7 @@ from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_
 from medpipe.data.validate import format_validation_summary, validate_dataset
 from medpipe.device_lease import leased_device
 from medpipe.drift import REFERENCE_NAME, write_reference
+from medpipe.ensemble import write_ensemble_record
 from medpipe.export import export_onnx
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
@@ -136,9 +137,7 @@ def _candidates(run: RunFolder, cfg: Config) -> list[str]:
 def ensemble(run: RunFolder, cfg: Config) -> Path | None:
     """models/ensemble/: ensemble.json (the members' best.pt and sha256) and eval/ as a model's (medpipe.ensemble);
     None, writing nothing, when evaluate.ensemble is off or the run trains one model."""
-    # torch and scikit-learn stay off the CLI's and DAG files' start-up path
-    from medpipe.ensemble import write_ensemble_record
-    from medpipe.evaluate.ensemble import evaluate_ensemble
+    from medpipe.evaluate.ensemble import evaluate_ensemble  # scikit-learn stays off the CLI's and DAG files' start-up path
 
     if not _with_ensemble(cfg):
         _logger.info("no ensemble: evaluate.ensemble is %s and the run trains %s", cfg.evaluate.ensemble,
