@@ -32,6 +32,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, task
 
+from medpipe.config_training import MODEL_NAMES
 from medpipe.stages import STAGES
 from medpipe_plugin import settings
 from medpipe_plugin.dag_common import common_params, dag_arguments, default_args, run_stage_task, start
@@ -39,7 +40,7 @@ from medpipe_plugin.operators import PublishModelOperator
 
 _logger = logging.getLogger(__name__)
 
-MODEL_NAMES = ("custom_cnn", "resnet18")  # a task pair each; a model the run's models.names leaves out is skipped
+# MODEL_NAMES (medpipe.config_training): a task pair each; a model the run's models.names leaves out is skipped.
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=30))
 
 

@@ -17,7 +17,6 @@ from medpipe.fileio import atomic_write_text
 __all__ = ["summarize_models", "render_summary_markdown"]
 
 _logger = logging.getLogger(__name__)
-_SUMMARY_METRICS = HEADLINE_METRICS
 
 
 def summarize_models(metrics_paths: dict[str, Path], split: str, out_paths: tuple[Path, Path],
@@ -40,7 +39,7 @@ def summarize_models(metrics_paths: dict[str, Path], split: str, out_paths: tupl
         split_metrics = report.split(split)
         rows[name] = {**report.headline(split), "recall": report.recall(split)}
         ci = split_metrics.get("confidence_intervals") or {}
-        rows[name]["intervals"] = {k: ci.get(k) for k in _SUMMARY_METRICS if ci.get(k)}
+        rows[name]["intervals"] = {k: ci.get(k) for k in HEADLINE_METRICS if ci.get(k)}
         baseline = split_metrics["baseline"]
     ranked = sorted(rows, key=lambda n: -(rows[n]["macro_auc"] or 0.0))
     paired = (_paired_best_vs_runner_up(metrics_paths, split, ranked[0], ranked[1], patient_pattern, resamples)
@@ -110,15 +109,15 @@ def _separation_note(rows: dict, best: str | None, paired: dict | None = None) -
 def render_summary_markdown(summary: dict) -> str:
     split, rows, baseline = summary["split"], summary["models"], summary["baseline"] or {}
     lines = [f"# medpipe run summary ({split} split)", "",
-             "| model | " + " | ".join(_SUMMARY_METRICS) + " | recall per class |",
-             "|---|" + "---|" * (len(_SUMMARY_METRICS) + 1)]
+             "| model | " + " | ".join(HEADLINE_METRICS) + " | recall per class |",
+             "|---|" + "---|" * (len(HEADLINE_METRICS) + 1)]
     for name, row in rows.items():
         recall = ", ".join(f"{c} {_fmt(v)}" for c, v in row["recall"].items())
         intervals = row.get("intervals", {})
-        lines.append(f"| {name} | " + " | ".join(_fmt(row[k], intervals.get(k)) for k in _SUMMARY_METRICS)
+        lines.append(f"| {name} | " + " | ".join(_fmt(row[k], intervals.get(k)) for k in HEADLINE_METRICS)
                      + f" | {recall} |")
     lines.append(f"| majority baseline (always {baseline.get('majority_class', '?')}) | "
-                 + " | ".join(_fmt(baseline.get(k)) for k in _SUMMARY_METRICS) + " | |")
+                 + " | ".join(_fmt(baseline.get(k)) for k in HEADLINE_METRICS) + " | |")
     best = summary["best_by_macro_auc"]
     lines += ["", f"Best by macro AUC: **{best}**.{_separation_note(rows, best, summary.get('best_vs_runner_up'))} "
               "In parentheses: 95 % intervals "

@@ -157,6 +157,10 @@ class RunFolder:
     def validation_dir(self) -> Path:
         return self.root / "validation"
 
+    @property
+    def validation_report_path(self) -> Path:
+        return self.validation_dir / "validation.json"
+
     def model_dir(self, model: str) -> Path:
         return self.root / "models" / model
 

@@ -32,7 +32,7 @@ from medpipe.ensemble import write_ensemble_record
 from medpipe.export import export_onnx
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
-from medpipe.run_folder import ENSEMBLE_NAME, RunFolder, RunFolderError
+from medpipe.run_folder import ENSEMBLE_NAME, ONNX_NAME, RunFolder, RunFolderError
 from medpipe.store import open_store
 from medpipe.train import train_model
 
@@ -61,9 +61,7 @@ def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: b
 def validate(run: RunFolder, cfg: Config) -> Path:
     """validation/validation.{json,md}; raises PipelineError when a check of severity "error" fired. A passed
     validation of this run is kept (a resumed run does not validate again)."""
-    import json
-
-    report_path = run.validation_dir / "validation.json"
+    report_path = run.validation_report_path
     if report_path.is_file() and json.loads(report_path.read_text()).get("ok") is True:
         return report_path
     report = validate_dataset(run.data_root(), cfg, run.validation_dir)
@@ -188,13 +186,11 @@ def gate(run: RunFolder, cfg: Config, decision_path: str | Path | None = None) -
                                  "outside the run")
         _logger.info("%s holds the gate's decision already; returning it", target)
         return recorded.to_dict()
-    decision = gate_models(run.metrics_paths(_candidates(run, cfg)), cfg, target, store=open_store(cfg.store),
-                           cache_dir=_cache_dir(run, cfg), settings=_gate_settings(cfg))
-    return decision
+    return gate_models(run.metrics_paths(_candidates(run, cfg)), cfg, target, store=open_store(cfg.store),
+                       cache_dir=_cache_dir(run, cfg), settings=_gate_settings(cfg))
 
 
 def _gated_model(run: RunFolder) -> str:
-
     if not run.gate_path.is_file():
         raise FileNotFoundError(f"{run.gate_path} does not exist: run `medpipe gate --run {run.root}` first, "
                                 "or name the model with --model")
@@ -219,7 +215,6 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
         {"version_dir", "model_name", "version"}: what `publish` takes. An export already there is returned as it
         is when it matches the request, and refused when it does not.
     """
-
     name = model or _gated_model(run)
     out = Path(out_dir) if out_dir is not None else run.release_dir
     existing = read_release(out)
@@ -230,17 +225,18 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
                                  f"it is never rewritten (asked: {name} version {version}). Choose another --out")
         return existing
     version = validate_name(version or new_version_name(), "version")
+    cache_dir = _cache_dir(run, cfg)
     stage_release_files(run.eval_dir(name), out, run.gate_path, run.config_path)
-    _write_drift_reference(run, cfg, name, out)
-    export_onnx(run.model_source(name), _cache_dir(run, cfg), cfg, out / "model.onnx", run.metrics_path(name), version)
+    _write_drift_reference(cache_dir, run.eval_dir(name), name, out)
+    export_onnx(run.model_source(name), cache_dir, cfg, out / ONNX_NAME, run.metrics_path(name), version)
     return {"version_dir": str(out), "model_name": name, "version": version}
 
 
-def _write_drift_reference(run: RunFolder, cfg: Config, name: str, out: Path) -> None:
+def _write_drift_reference(cache_dir: Path, eval_dir: Path, name: str, out: Path) -> None:
     """reference.json beside the model (medpipe.drift): what scored batches are compared with. A run too small
     for one (fewer than drift.MIN_IMAGES train images) ships without it, and its batches say so."""
     try:
-        write_reference(_cache_dir(run, cfg), run.eval_dir(name) / "predictions_val.csv", out / REFERENCE_NAME)
+        write_reference(cache_dir, eval_dir / "predictions_val.csv", out / REFERENCE_NAME)
     except (ValueError, FileNotFoundError) as exc:
         _logger.warning("%s ships without a drift reference: %s", name, exc)
 
