@@ -170,6 +170,11 @@ class Config:
                 f"train.class_weights has {len(weights)} values but data.classes has {len(self.data.classes)} "
                 f"({self.data.classes}); give one weight per class, 'auto' or 'none'"
             )
+        known = [*self.models.names, *(["ensemble"] if self.evaluate.ensemble and len(self.models.names) > 1 else [])]
+        unknown = [name for name in self.gate.candidates if name not in known]
+        if unknown:
+            raise ValueError(f"gate.candidates names {unknown}, which this run does not make; allowed: {known} "
+                             "(models.names, and 'ensemble' when evaluate.ensemble is on with two or more models)")
         return self
 
 

@@ -36,6 +36,10 @@ class GateConfig:
     refuse_collapsed: bool = True
     # The challenger may trail the re-scored champion's primary metric (a rate) by at most this much; 1 = never.
     champion_tolerance: Annotated[Float, Field(ge=0, le=1)] = 0.01
+    # The models the challenger may be picked from: empty = every model the run evaluated, the ensemble included.
+    # A team that has decided to ship only the ensemble (or only one network) names it here, so a run never
+    # promotes a model it would not deploy.
+    candidates: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name, minimum in self.min_metrics.items():

@@ -307,7 +307,13 @@ def gate_models(metrics_paths: dict[str, Path], cfg: Config, out_path: str | Pat
     _validate_names(cfg, next(iter(flat_by_model.values())))
     cache_dir = Path(cache_dir) if cache_dir is not None else None
     classes = _check_same_data({name: m for name, (m, _) in loaded.items()}, cache_dir)
-    eligible, left_out = _eligible(loaded, gate.primary_metric)
+    allowed = {name: v for name, v in loaded.items() if not gate.candidates or name in gate.candidates}
+    if not allowed:
+        raise GateError(f"gate.candidates is {gate.candidates} but none of them was evaluated in this run "
+                        f"(evaluated: {sorted(loaded)})")
+    eligible, left_out = _eligible(allowed, gate.primary_metric)
+    left_out += [f"{name} is not a candidate: gate.candidates is {gate.candidates}" for name in loaded
+                 if name not in allowed]
     challenger = pick_challenger(eligible, gate.primary_metric)
     flat = flat_by_model[challenger]
     checks = _absolute_checks(flat, gate.min_metrics, loaded[challenger][0].split(split))

@@ -94,6 +94,18 @@ def test_gate_weighs_the_ensemble_as_a_challenger(ensemble_run, tmp_path):
     assert picked["challenger"] == "ensemble" and picked["passed"] is True
 
 
+def test_gate_candidates_ships_only_the_ensemble(ensemble_run, tmp_path):
+    run, _ = ensemble_run
+    decision_path = tmp_path / "what-if.json"
+    main(["gate", "--run", str(run), "--store", str(tmp_path / "store"), "--decision", str(decision_path),
+          "--set", "gate.candidates=[ensemble]", "--set", "gate.min_metrics={macro_auc: 0.0}"])
+    decision = json.loads(decision_path.read_text())
+    assert decision["challenger"] == "ensemble"
+    assert all(any(f"{name} is not a candidate: gate.candidates" in r for r in decision["reasons"]) for name in _MEMBERS)
+    with pytest.raises(ValueError, match=r"gate.candidates names \['ensemble'\].*allowed: \['custom_cnn'\]"):
+        load_config(overrides=["models.names=[custom_cnn]", "gate.candidates=[ensemble]"])
+
+
 def test_export_and_score_the_ensemble_as_one_onnx(ensemble_run, tmp_path, capsys):
     run, data = ensemble_run
     out = tmp_path / "release"

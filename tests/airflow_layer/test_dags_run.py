@@ -1,7 +1,8 @@
 """The DAGs end to end with `dag.test()`: real Airflow, real training on tiny images, a real S3 server on loopback.
 
 One scenario, in order, because each step needs the state the previous one left in the store:
-1. a first retraining run publishes a champion (and the publish task carries the "Model page" link);
+1. a first retraining run publishes a champion, the ensemble (gate.candidates), and the publish task carries the
+   "Model page" link;
 2. a second run trains with learning rate 0 (untrained models): the gate fails, export and publish are
    skipped, and the champion stays what it was;
 3. the scoring DAG scores a folder with that champion and uploads predictions + errors to the store.
@@ -121,14 +122,16 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
     data = write_dataset(tmp_path / "data", per_class=8, size=32)
     store = open_store(s3_server.store_config(prefix="medpipe"))
     conf = {"data_root": str(data), "config": "", "store_uri": store.uri(), "work_root": str(tmp_path / "work"),
-            "overrides": _fast_overrides(s3_server.endpoint_url)}
+            "overrides": [*_fast_overrides(s3_server.endpoint_url), "gate.candidates=[ensemble]"]}
 
+    # Only the ensemble may be the challenger: the DAG exports both networks as one graph and publishes it.
     first = dags["medpipe_retrain"].test(run_conf=conf)
     assert str(first.state) == "success", _states(first)
     assert set(_states(first).values()) == {"success"}
     champion = read_champion(store)
     published = _xcoms(first, "publish")
     assert champion is not None and published["return_value"]["status"] == "published"
+    assert champion["model_name"] == "ensemble"
     assert (champion["model_name"], champion["version"]) == (published["return_value"]["model_name"],
                                                              published["return_value"]["version"])
     assert published["_link_ModelPageLink"] == f"/medpipe/models/{champion['model_name']}/{champion['version']}"
