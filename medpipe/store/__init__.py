@@ -37,7 +37,8 @@ from medpipe.store.base import (
 )
 from medpipe.store.local import LocalStore
 
-__all__ = [*base.__all__, "LocalStore", "S3Access", "open_store", "s3_access_scope"]  # base names re-exported as they are
+# the base names are re-exported as they are
+__all__ = [*base.__all__, "LocalStore", "S3Access", "open_store", "s3_access_scope"]
 
 _logger = logging.getLogger(__name__)
 

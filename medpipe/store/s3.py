@@ -2,7 +2,8 @@
 
 Credentials come from boto3's standard chain (environment variables, AWS config/credential files, instance
 or container roles), or from a boto3 session the caller passes (``session=``: the Airflow layer builds one from
-its Connection, so medpipe itself never imports Airflow); this module never reads, stores, prints or logs them, and its error messages never quote
+its Connection, so medpipe itself never imports Airflow); this module never reads, stores, prints or logs them,
+and its error messages never quote
 a server message that could echo a request. Retries use botocore's "standard" mode (exponential backoff with
 jitter, ``max_attempts`` tries in all). Files go through boto3's transfer manager, which switches to a parallel
 multipart upload above ``multipart_threshold_mb``; since multipart ETags are not content hashes, every object

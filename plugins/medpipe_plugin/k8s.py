@@ -14,14 +14,14 @@ The container is named "base": the executor merges the override into the templat
 runs the task there. Built only when the executor is Kubernetes (first of `[core] executor`) or MEDPIPE_K8S=1;
 MEDPIPE_K8S=0 turns it off. Local and Celery deployments get no executor_config at all.
 
-| variable                      | meaning                                                 | default                |
-|-------------------------------|---------------------------------------------------------|------------------------|
-| MEDPIPE_K8S                   | 1 / 0: build pod overrides or not                       | on under KubernetesExecutor |
-| MEDPIPE_K8S_WORK_PVC          | PVC (ReadWriteMany) mounted at MEDPIPE_WORK_ROOT        | none: required when on |
-| MEDPIPE_K8S_GPU_NODE_SELECTOR | JSON object, node labels of the GPU nodes               | {}                     |
-| MEDPIPE_K8S_GPU_TOLERATIONS   | JSON list of tolerations (key, operator, value, effect) | tolerate nvidia.com/gpu:NoSchedule |
-| MEDPIPE_K8S_GPU_CPU           | CPU request of a GPU task (per GPU)                     | 4                      |
-| MEDPIPE_K8S_GPU_MEMORY        | memory request of a GPU task (per GPU)                  | 32Gi                   |
+| variable                      | meaning                                           | default                            |
+|-------------------------------|---------------------------------------------------|------------------------------------|
+| MEDPIPE_K8S                   | 1 / 0: build pod overrides or not                 | on under the KubernetesExecutor    |
+| MEDPIPE_K8S_WORK_PVC          | PVC (ReadWriteMany) mounted at MEDPIPE_WORK_ROOT  | none: required when on             |
+| MEDPIPE_K8S_GPU_NODE_SELECTOR | JSON object: node labels of the GPU nodes         | {}                                 |
+| MEDPIPE_K8S_GPU_TOLERATIONS   | JSON list of {key, operator, value, effect}       | tolerate nvidia.com/gpu:NoSchedule |
+| MEDPIPE_K8S_GPU_CPU           | CPU request of a GPU task, per GPU                | 4                                  |
+| MEDPIPE_K8S_GPU_MEMORY        | memory request of a GPU task, per GPU             | 32Gi                               |
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def _json_env(name: str, default: Any, kind: type) -> Any:
 
 
 def gpu_node_selector() -> dict[str, str]:
-    """Node labels a GPU task's pod must match (MEDPIPE_K8S_GPU_NODE_SELECTOR), e.g. {"nvidia.com/gpu.present": "true"}."""
+    """Node labels a GPU task's pod must match (MEDPIPE_K8S_GPU_NODE_SELECTOR), e.g.
+    {"nvidia.com/gpu.present": "true"}."""
     value = _json_env("MEDPIPE_K8S_GPU_NODE_SELECTOR", {}, dict)
     bad = {k: v for k, v in value.items() if not isinstance(v, str)}
     if bad:

@@ -119,8 +119,10 @@ def test_with_the_switch_off_no_task_has_an_executor_config(monkeypatch: pytest.
     ("MEDPIPE_K8S_WORK_PVC", "", "MEDPIPE_K8S_WORK_PVC is not set"),
     ("MEDPIPE_K8S_GPU_NODE_SELECTOR", "gpu=true", "MEDPIPE_K8S_GPU_NODE_SELECTOR='gpu=true' is not JSON"),
     ("MEDPIPE_K8S_GPU_NODE_SELECTOR", '{"gpu": true}', "MEDPIPE_K8S_GPU_NODE_SELECTOR: label values must be strings"),
-    ("MEDPIPE_K8S_GPU_TOLERATIONS", '{"key": "x"}', "MEDPIPE_K8S_GPU_TOLERATIONS='{\"key\": \"x\"}': expected a JSON list"),
-    ("MEDPIPE_K8S_GPU_TOLERATIONS", '[{"taint": "x"}]', "MEDPIPE_K8S_GPU_TOLERATIONS: {'taint': 'x'} is not a toleration"),
+    ("MEDPIPE_K8S_GPU_TOLERATIONS", '{"key": "x"}',
+     "MEDPIPE_K8S_GPU_TOLERATIONS='{\"key\": \"x\"}': expected a JSON list"),
+    ("MEDPIPE_K8S_GPU_TOLERATIONS", '[{"taint": "x"}]',
+     "MEDPIPE_K8S_GPU_TOLERATIONS: {'taint': 'x'} is not a toleration"),
     ("MEDPIPE_K8S_GPU_MEMORY", "32 GB", "MEDPIPE_K8S_GPU_MEMORY='32 GB': expected a Kubernetes quantity"),
 ])
 def test_a_bad_setting_is_an_error_naming_it(k8s_env: None, monkeypatch: pytest.MonkeyPatch, name: str, value: str,
@@ -152,7 +154,8 @@ def test_the_helm_values_run_the_image_with_the_kubernetes_executor_and_the_medp
 
 def test_the_entrypoint_runs_the_charts_and_the_executors_commands_as_given(tmp_path: Path) -> None:
     """The chart starts components as `bash -c "exec airflow ..."` and the KubernetesExecutor runs a task as
-    `python -m airflow.sdk.execution_time.execute_workload ...`: neither may become `airflow bash` / `airflow python`."""
+    `python -m airflow.sdk.execution_time.execute_workload ...`: neither may become `airflow bash` or
+    `airflow python`."""
     import shutil
     import subprocess
 
