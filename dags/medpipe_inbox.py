@@ -30,7 +30,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from medpipe_plugin import settings
+from medpipe_plugin import k8s, settings
+from medpipe_plugin.aws import with_store_connection
 from medpipe_plugin.dag_common import (common_params, dag_arguments, default_args, load_run_config, resolve_config,
                                       run_dir)
 
@@ -40,6 +41,7 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=ti
 
 
 @task
+@with_store_connection
 def find_batches(config_path: str) -> list[dict[str, str]]:
     """Complete batches the champion has not scored yet, each with the model version that will score it."""
     from medpipe.inbox import open_inbox, pending_batches
@@ -60,8 +62,9 @@ def find_batches(config_path: str) -> list[dict[str, str]]:
     return [{"batch": b, "model_name": champion["model_name"], "version": champion["version"]} for b in batches]
 
 
-@task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue(),
+@task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue(), **k8s.pod_placement(gpus=1),
       map_index_template="{{ task.op_kwargs['item']['batch'] }}")
+@with_store_connection
 def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
     """Score one batch with the version find_batches chose (downloaded, sha256-checked) into the store."""
     from medpipe.inbox import open_inbox, read_reference, score_batch as _score_batch

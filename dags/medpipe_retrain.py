@@ -34,7 +34,7 @@ from airflow.sdk import Param, dag, task
 
 from medpipe.config_training import MODEL_NAMES
 from medpipe.stages import STAGES
-from medpipe_plugin import settings
+from medpipe_plugin import k8s, settings
 from medpipe_plugin.dag_common import common_params, dag_arguments, default_args, run_stage_task, start
 from medpipe_plugin.operators import PublishModelOperator
 
@@ -71,6 +71,8 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
     if stage.name == "publish":  # an operator, for its "Model page" extra link
         return [PublishModelOperator(task_id="publish", run_dir=run_root, outlets=[settings.CHAMPION_ASSET])]
     placement = {"pool": settings.gpu_pool(), "pool_slots": 1, "queue": settings.gpu_queue()} if stage.gpu else {}
+    if stage.gpu:  # KubernetesExecutor: a pod with as many GPUs as the task holds pool slots (else nothing)
+        placement.update(k8s.pod_placement(gpus=placement["pool_slots"]))
     if stage.name == "train":  # a timed-out try leaves last.pt (written at every epoch end); its retry resumes
         placement["execution_timeout"] = settings.train_timeout()
     if stage.per_model:

@@ -21,7 +21,8 @@ from typing import Any
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from medpipe_plugin import settings
+from medpipe_plugin import k8s, settings
+from medpipe_plugin.aws import with_store_connection
 from medpipe_plugin.dag_common import (announced_model, common_params, dag_arguments, default_args, load_run_config,
                                       resolve_config, run_dir)
 
@@ -30,6 +31,7 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=ti
 
 
 @task
+@with_store_connection
 def resolve_champion(config_path: str) -> dict[str, Any]:
     """Download the model to score with and check its sha256 against the registry: the version the triggering
     champion Asset event announced (and its sha256), or for a manual run the champion pointer."""
@@ -46,7 +48,7 @@ def resolve_champion(config_path: str) -> dict[str, Any]:
             "sha256": info["sha256"], "source": "asset event" if announced else "champion pointer"}
 
 
-@task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue())
+@task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue(), **k8s.pod_placement(gpus=1))
 def score(champion: dict[str, Any], config_path: str) -> dict[str, Any]:
     """Score every image of the input folder; unreadable files are listed in the errors CSV, not fatal.
 
@@ -60,6 +62,7 @@ def score(champion: dict[str, Any], config_path: str) -> dict[str, Any]:
 
 
 @task
+@with_store_connection
 def upload_results(summary: dict[str, Any], config_path: str) -> list[str]:
     """Put predictions.csv and predictions.errors.csv into the store under scores/<run id>/; returns their URIs."""
     from medpipe.store import open_store

@@ -1,7 +1,9 @@
 """S3 backend (AWS S3, MinIO and other S3-compatible servers) over boto3.
 
-Credentials come only from boto3's standard chain (environment variables, AWS config/credential files, instance
-or container roles); this module never reads, stores, prints or logs them, and its error messages never quote
+Credentials come from boto3's standard chain (environment variables, AWS config/credential files, instance
+or container roles), or from a boto3 session the caller passes (``session=``: the Airflow layer builds one from
+its Connection, so medpipe itself never imports Airflow); this module never reads, stores, prints or logs them,
+and its error messages never quote
 a server message that could echo a request. Retries use botocore's "standard" mode (exponential backoff with
 jitter, ``max_attempts`` tries in all). Files go through boto3's transfer manager, which switches to a parallel
 multipart upload above ``multipart_threshold_mb``; since multipart ETags are not content hashes, every object
@@ -136,6 +138,8 @@ class S3Store(Store):
         multipart_threshold_mb: int = 64,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
+        session: boto3.session.Session | None = None,
+        credentials_source: str = "the environment/AWS config",
     ) -> None:
         if max_attempts < 1 or multipart_threshold_mb < 1:
             raise StoreError(
@@ -148,6 +152,7 @@ class S3Store(Store):
         quiet_aws_loggers()  # before the client exists: creating it logs at DEBUG already
         self._bucket, self._prefix = parse_s3_uri(uri)
         self._max_attempts = max_attempts
+        self._credentials_source = credentials_source  # named in error messages, so an operator knows where to look
         self._timeouts = (connect_timeout_s, read_timeout_s)
         options: dict[str, Any] = {"retries": {"max_attempts": max_attempts, "mode": "standard"},
                                    "connect_timeout": connect_timeout_s, "read_timeout": read_timeout_s}
@@ -159,8 +164,11 @@ class S3Store(Store):
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
-        session = boto3.session.Session(region_name=region)
-        self._client = session.client("s3", endpoint_url=endpoint_url or None, config=BotoConfig(**options))
+        # A caller's session carries its own credentials (and region, unless `region` overrides it); without one,
+        # a fresh session reads the AWS chain.
+        session = session if session is not None else boto3.session.Session(region_name=region)
+        self._client = session.client("s3", endpoint_url=endpoint_url or None, region_name=region or None,
+                                      config=BotoConfig(**options))
         self._endpoint = _display_endpoint(self._client.meta.endpoint_url)
         threshold = multipart_threshold_mb * _MIB
         # s3transfer retries a download whose body stalls on its own (5 times by default), on top of botocore's
@@ -190,7 +198,7 @@ class S3Store(Store):
             if code in _CREDENTIAL_CODES or status == 403:
                 return StoreError(
                     f"access denied / invalid credentials for bucket {self._bucket} at endpoint {self._endpoint} "
-                    f"({code or status} on {action} {where}; credentials come from the environment/AWS config; "
+                    f"({code or status} on {action} {where}; credentials come from {self._credentials_source}; "
                     "not shown)"
                 )
             if code in _MISSING_KEY_CODES or status == 404:
@@ -198,8 +206,9 @@ class S3Store(Store):
             return StoreError(f"cannot {action} {where}: S3 error {code or '?'} (HTTP {status})")
         if isinstance(cause, _NO_CREDENTIALS):
             return StoreError(
-                f"no usable credentials for bucket {self._bucket}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-                f"AWS_PROFILE or another AWS config source ({type(cause).__name__}; values are never shown)"
+                f"no usable credentials for bucket {self._bucket} from {self._credentials_source}: set "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or another AWS config source, or the Airflow "
+                f"connection's login/password ({type(cause).__name__}; values are never shown)"
             )
         if isinstance(cause, _UNREACHABLE):
             return StoreError(self._unreachable_message(cause, action, where))

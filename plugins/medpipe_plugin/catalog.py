@@ -95,11 +95,14 @@ class Catalog:
 
 
 def open_registry_store(uri: str, endpoint_url: str | None = None) -> Store:
-    """Open the store the page reads (credentials come from the environment / AWS chain)."""
+    """Open the store the page reads: an S3 store's credentials and endpoint come from the Airflow connection
+    MEDPIPE_AWS_CONN_ID (as in the DAGs' tasks), else from the environment / AWS chain."""
     from medpipe.config import StoreConfig
     from medpipe.store import open_store
+    from medpipe_plugin.aws import store_connection
 
-    return open_store(StoreConfig(uri=uri, endpoint_url=endpoint_url))
+    with store_connection():  # the S3Store keeps the session it was given: it outlives the block
+        return open_store(StoreConfig(uri=uri, endpoint_url=endpoint_url))
 
 
 def check_segment(value: str, what: str) -> str:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from medpipe_plugin import settings
+from medpipe_plugin import k8s, settings
+from medpipe_plugin.aws import store_connection
 
 if TYPE_CHECKING:
     from medpipe.config import Config
@@ -29,9 +30,11 @@ def default_args(retry_delay: timedelta, max_retry_delay: timedelta) -> dict[str
     Every task gets `MEDPIPE_TASK_TIMEOUT_MIN` as its execution_timeout (training tasks override it with
     `MEDPIPE_TRAIN_TIMEOUT_MIN`): a try past it is stopped and retried like any other failure.
     """
+    # Under the KubernetesExecutor every task's pod mounts the work volume (k8s.py); GPU tasks replace this with
+    # their own pod_override (GPUs, GPU nodes, the same volume).
     return {"owner": "medpipe", "retries": settings.task_retries(), "retry_delay": retry_delay,
             "retry_exponential_backoff": 2.0, "max_retry_delay": max_retry_delay,
-            "execution_timeout": settings.task_timeout()}
+            "execution_timeout": settings.task_timeout(), **k8s.pod_placement(gpus=0)}
 
 
 def dag_arguments() -> dict[str, Any]:
@@ -127,7 +130,8 @@ def run_stage_task(stage: str, model: str | None = None) -> Any:
     if model is not None and model not in cfg.models.names:
         raise AirflowSkipException(f"{model} is not in models.names {list(cfg.models.names)} of this run")
     try:
-        return _jsonable(run_stage(stage, run, cfg, model, **options))
+        with store_connection():  # gate reads the champion from the store, publish writes to it
+            return _jsonable(run_stage(stage, run, cfg, model, **options))
     except PipelineError as exc:
         raise AirflowFailException(str(exc)) from exc
 

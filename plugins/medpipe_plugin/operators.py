@@ -16,6 +16,7 @@ from urllib.parse import urljoin
 from airflow.sdk import BaseOperator, BaseOperatorLink, conf
 
 from medpipe_plugin import settings
+from medpipe_plugin.aws import store_connection
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -74,7 +75,8 @@ class PublishModelOperator(BaseOperator):
         from medpipe.stages import run_stage
 
         run = RunFolder.open(self.run_dir)
-        result = run_stage("publish", run, run.config())
+        with store_connection():
+            result = run_stage("publish", run, run.config())
         # The asset event names the version it announces, so the scoring run it triggers scores that version, not
         # whatever the champion pointer says when it starts (after two quick publishes, the second model twice).
         context["outlet_events"][settings.CHAMPION_ASSET].extra = announcement(result)

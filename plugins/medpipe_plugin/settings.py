@@ -10,6 +10,7 @@ variables below (docker/compose.yaml does).
 | MEDPIPE_CONFIG               | YAML config file ("" = packaged defaults)           | configs/sample.yaml of the repo  |
 | MEDPIPE_STORE_URI            | model store: a directory or s3://bucket/prefix      | $AIRFLOW_HOME/medpipe/store      |
 | MEDPIPE_STORE_ENDPOINT_URL   | S3-compatible endpoint (MinIO)                      | none (AWS)                       |
+| MEDPIPE_AWS_CONN_ID          | Airflow connection of the S3 store (aws.py)         | medpipe_s3 ("none": AWS chain)   |
 | MEDPIPE_WORK_ROOT            | per-run working folders, shared by all workers      | $AIRFLOW_HOME/medpipe/work       |
 | MEDPIPE_SCORE_INBOX          | folder the scoring DAG scores by default            | bundled sample's val split       |
 | MEDPIPE_RETRAIN_SCHEDULE     | cron/preset for retraining ("none" = manual only)   | @weekly                          |

@@ -278,7 +278,9 @@ def test_every_airflow_service_checks_its_environment_before_airflow_starts(comp
     assert entrypoint == '["/usr/bin/tini", "--", "/opt/medpipe/docker/entrypoint.sh"]'
     script = (DOCKER / "entrypoint.sh").read_text().split("\n")
     body = [line for line in script if line.strip() and not line.startswith("#")]
-    assert body == ["set -e", "python /opt/medpipe/docker/check_env.py", 'exec airflow "$@"']
+    # bash/python commands (the Helm chart's, the KubernetesExecutor's) pass through: test_k8s_pod_override.py
+    assert body == ["set -e", 'case "$1" in bash|python) exec "$@" ;; esac', "python /opt/medpipe/docker/check_env.py",
+                    'exec airflow "$@"']
     if shutil.which("sh"):
         assert subprocess.run(["sh", "-n", str(DOCKER / "entrypoint.sh")], capture_output=True).returncode == 0
     copies = " ".join(v for k, v in _dockerfile_instructions() if k == "COPY")
