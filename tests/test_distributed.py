@@ -154,3 +154,21 @@ def test_two_gloo_ranks_train_as_one_process_and_resume(tmp_path: Path, monkeypa
     theirs = torch.load(ref / "last.pt", weights_only=False)["model_state"]
     diff = max((ours[k].double() - theirs[k].double()).abs().max().item() for k in theirs)
     assert diff <= TOLERANCE, diff
+
+
+def test_train_stage_on_several_gpus_launches_torchrun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the DAG's train task runs with MEDPIPE_GPUS_PER_MODEL=2: torchrun over `medpipe stage train` on the
+    run folder (the real launch is the 2-rank test above; here the command and its devices are recorded)."""
+    from medpipe import distributed, stages
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    data = write_dataset(tmp_path / "data", per_class=2, size=32)
+    cfg = load_config(None, _overrides(tmp_path, epochs=1))
+    run = stages.start_run(tmp_path / "run", cfg, data)
+    launched = []
+    monkeypatch.setattr(distributed, "launch_torchrun", lambda *args: launched.append(args))
+    assert stages.run_stage("train", run, cfg, "custom_cnn", gpus=2) == run.model_dir("custom_cnn")
+    assert launched == [(2, ["stage", "train", "--run", str(run.root), "--model", "custom_cnn"], None)]
+    assert torchrun_command(2, launched[0][1])[2:6] == ["torch.distributed.run", "--standalone",
+                                                       "--nproc_per_node=2", "-m"]
