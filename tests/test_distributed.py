@@ -172,3 +172,7 @@ def test_train_stage_on_several_gpus_launches_torchrun(tmp_path: Path, monkeypat
     assert launched == [(2, ["stage", "train", "--run", str(run.root), "--model", "custom_cnn"], None)]
     assert torchrun_command(2, launched[0][1])[2:6] == ["torch.distributed.run", "--standalone",
                                                        "--nproc_per_node=2", "-m"]
+    from medpipe.cli import main  # the command each rank runs: `medpipe stage <name> --run <folder>`
+
+    assert main(["stage", "validate", "--run", str(run.root)]) == 0
+    assert run.validation_report_path.is_file()
