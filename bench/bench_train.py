@@ -11,11 +11,22 @@ Usage:
   python bench/bench_train.py --data sample_data/mammo-ddsm-sample --size 64 --steps 20
   python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 224 --steps 50 --device cuda
   python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 64 --ema-decay 0.99
+  python bench/bench_train.py --data ../shared/data/mammo-ddsm --size 64 --steps 10 --max-images 300 --nproc 2
+
+--nproc N: multi-process (DDP) mode. Runs medpipe's DDP step (every rank draws and augments the global batch of
+--batch images, trains on its slice; medpipe.distributed) under torchrun with 1 and with N processes and prints
+the global img/s and the scaling efficiency (img/s with N / (N x img/s with 1)). On CPU each process gets one
+thread (OMP_NUM_THREADS=1, one core per rank as one GPU per rank), so CPU figures show the cost of gloo's
+all-reduce and of every rank augmenting the whole global batch, not GPU scaling (needs N <= the free cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,6 +155,67 @@ def bench_model(name: str, samples, cfg, args) -> dict:
     return results
 
 
+def bench_ddp_worker(name: str, samples, cfg, args) -> None:
+    """One torchrun rank: time medpipe's DDP training step; rank 0 prints a RESULT line for the launcher."""
+    from medpipe import distributed
+
+    world = distributed.world()
+    device = distributed.setup("cpu" if args.device == "cpu" else "cuda") or args.device
+    kind = "cuda" if device.startswith("cuda") else "cpu"  # _step_fn and _sync know "cuda" and "cpu"
+    num_classes = len(cfg.data.classes)
+    torch.manual_seed(0)
+    model = build_model(name, cfg, num_classes).to(device)
+    if kind == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    net = distributed.wrap_model(model, device) if world.size > 1 else model
+    step = _step_fn(net, torch.optim.AdamW(param_groups(model, cfg), lr=1e-3), kind, num_classes, cfg)
+    gen = torch.Generator(device=device).manual_seed(0)  # the same on every rank: the same global batch
+    rng = np.random.default_rng(0)
+    images, labels = _load_arrays(samples, args.size)
+    x_dev = torch.from_numpy(images).unsqueeze(1).to(device)
+    y_dev = torch.from_numpy(labels).to(device)
+    counts = np.bincount(labels, minlength=num_classes)
+    weights = torch.tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.float32, device=device)
+    part = distributed.rank_slice(args.batch, world)
+
+    def ddp_step() -> None:
+        idx = weighted_indices(weights, args.batch, gen)
+        x = augment_batch(x_dev[idx].float(), cfg.augment, gen)
+        y = F.one_hot(y_dev[idx], num_classes).float()
+        x, y = mixup(x, y, cfg.augment.mixup_alpha, gen, rng)
+        step(x[part], y[part])
+
+    rate = _timed(ddp_step, args.steps, args.warmup, args.batch, kind)  # global images/s, as rank 0 sees it
+    distributed.barrier()
+    if distributed.is_main():
+        print("RESULT " + json.dumps({"model": name, "nproc": world.size, "img_s": rate}), flush=True)
+
+
+def bench_nproc(args, argv: list[str]) -> None:
+    """Launch the DDP worker under torchrun with 1 and with args.nproc processes; print img/s and scaling."""
+    worker_argv = [a for i, a in enumerate(argv) if a != "--nproc" and (i == 0 or argv[i - 1] != "--nproc")
+                   and not a.startswith("--nproc=")]
+    rates: dict[tuple[str, int], float] = {}
+    for nproc in sorted({1, args.nproc}):
+        env = dict(os.environ)
+        if args.device == "cpu":  # one core per process, as one GPU per rank (more threads than cores spin-wait)
+            env["OMP_NUM_THREADS"] = "1"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   str(Path(__file__).resolve()), *worker_argv, "--ddp-worker"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        for line in done.stdout.splitlines():
+            if line.startswith("RESULT "):
+                result = json.loads(line[len("RESULT "):])
+                rates[(result["model"], result["nproc"])] = result["img_s"]
+    print(f"{'model':<12}{'processes':>10}{'img/s':>10}{'speed-up':>10}{'efficiency':>12}")
+    for (name, nproc), rate in sorted(rates.items()):
+        speedup = rate / rates[(name, 1)]
+        print(f"{name:<12}{nproc:>10}{rate:>10.1f}{speedup:>9.2f}x{100 * speedup / nproc:>11.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sample_data/mammo-ddsm-sample", help="dataset root (train split is used)")
@@ -156,10 +228,21 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--models", nargs="+", default=["custom_cnn", "resnet18"])
     parser.add_argument("--ema-decay", type=float, default=0.0, help="also time medpipe's path with EMA updates")
+    parser.add_argument("--nproc", type=int, default=0, help="DDP mode: compare torchrun with 1 and N processes")
+    parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)  # set by --nproc's launcher
     args = parser.parse_args()
+    if args.nproc > 0 and not args.ddp_worker:
+        print(f"{args.nproc} vs 1 process(es) under torchrun; {args.size}px, global batch {args.batch}, "
+              f"{args.steps} timed steps, device {args.device}, {os.cpu_count()} CPU cores")
+        bench_nproc(args, sys.argv[1:])
+        return
     cfg = load_config(None, [f"data.image_size={args.size}", "models.resnet18.weights=none"])
     layout = discover(Path(args.data), cfg.data.classes, cfg.data.label_aliases, cfg.data.patient_id_pattern)
     samples = layout.by_split("train")[: args.max_images]
+    if args.ddp_worker:
+        for name in args.models:
+            bench_ddp_worker(name, samples, cfg, args)
+        return
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device_name}; torch {torch.__version__}; {len(samples)} train images from {args.data}; "
           f"{args.size}px, batch {args.batch}, {args.steps} timed steps")

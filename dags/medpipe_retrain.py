@@ -4,7 +4,8 @@
 One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run`, `medpipe gate`,
 `medpipe export` and `medpipe publish` run: `start` (resolve the config, check the pretrained weights, hash the
 dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`,
-the models side by side) → `evaluate_<model>` → `ensemble` (the mean of the models as one more candidate;
+the models side by side; `$MEDPIPE_GPUS_PER_MODEL` pool slots each, and above 1 the task leases that many GPUs and
+trains under `torchrun --standalone --nproc_per_node=N -m medpipe stage train`) → `evaluate_<model>` → `ensemble` (the mean of the models as one more candidate;
 `evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx
 last, parity-checked against torch) → `publish` (to the model store, champion pointer last). The publish task's
 "Model page" link opens the version in the Models page (Browse → Models).
@@ -71,12 +72,17 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
     if stage.name == "publish":  # an operator, for its "Model page" extra link
         return [PublishModelOperator(task_id="publish", run_dir=run_root, outlets=[settings.CHAMPION_ASSET])]
     placement = {"pool": settings.gpu_pool(), "pool_slots": 1, "queue": settings.gpu_queue()} if stage.gpu else {}
-    if stage.gpu:  # KubernetesExecutor: a pod with as many GPUs as the task holds pool slots (else nothing)
-        placement.update(k8s.pod_placement(gpus=placement["pool_slots"]))
+    extra: dict[str, Any] = {}
     if stage.name == "train":  # a timed-out try leaves last.pt (written at every epoch end); its retry resumes
         placement["execution_timeout"] = settings.train_timeout()
+        # $MEDPIPE_GPUS_PER_MODEL GPUs per training: as many pool slots, and torchrun over them when above 1
+        placement["pool_slots"] = settings.gpus_per_model()
+        if placement["pool_slots"] > 1:
+            extra["gpus"] = placement["pool_slots"]
+    if stage.gpu:  # KubernetesExecutor: a pod with as many GPUs as the task holds pool slots (else nothing)
+        placement.update(k8s.pod_placement(gpus=placement["pool_slots"]))
     if stage.per_model:
-        return [run_stage_task.override(task_id=f"{stage.name}_{model}", **placement)(stage.name, model)
+        return [run_stage_task.override(task_id=f"{stage.name}_{model}", **placement)(stage.name, model, **extra)
                 for model in MODEL_NAMES]
     # After per-model stages: go on when at least one model ran and none failed (a model left out is skipped).
     return [run_stage_task.override(task_id=stage.name, trigger_rule="none_failed_min_one_success")(stage.name)]

@@ -45,7 +45,7 @@ class AugmentConfig:
 @dataclass(kw_only=True, config=STRICT)
 class TrainConfig:
     epochs: Count = 50
-    batch_size: Count = 32
+    batch_size: Count = 32  # the global batch: under torchrun each of N ranks trains on batch_size / N of it
     optimizer: Literal["adamw"] = "adamw"
     lr: PositiveFloat = 1e-3
     weight_decay: NonNegativeFloat = 2e-4

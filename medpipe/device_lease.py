@@ -7,6 +7,9 @@ per-host folder: the kernel drops the lock when its process exits in any way (ki
 never keeps a GPU. The lock file names the GPU by its entry in CUDA_VISIBLE_DEVICES when that is set (the physical
 index or UUID the worker was given), so tasks that see the same GPU under different indices still exclude each
 other. An explicit `cuda:N` is the operator's choice and is used as given, without a lease.
+
+Multi-GPU training (`leased_devices`): the task that launches torchrun leases N GPUs at once and hands exactly
+those to the ranks in CUDA_VISIBLE_DEVICES; the ranks do not lease again (medpipe.distributed).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["DeviceLeaseError", "leased_device", "lock_dir", "LOCK_DIR_ENV"]
+__all__ = ["DeviceLeaseError", "leased_device", "leased_devices", "lock_dir", "LOCK_DIR_ENV"]
 
 _logger = logging.getLogger(__name__)
 
@@ -113,4 +116,62 @@ def leased_device(setting: str, *, wait_s: float = 3600.0, task: str = "medpipe"
         if time.monotonic() >= deadline:
             raise DeviceLeaseError(f"all {count} visible GPUs stayed leased for {wait_s:.0f} s ({_holders(paths)}); "
                                    f"lock files in {folder} (${LOCK_DIR_ENV})")
+        time.sleep(_POLL_S)
+
+
+@contextlib.contextmanager
+def leased_devices(setting: str, count: int, *, wait_s: float = 3600.0, task: str = "medpipe",
+                   device_count: Callable[[], int] = _cuda_device_count) -> Iterator[list[str] | None]:
+    """`count` visible GPUs held together until the block ends (a torchrun launch); None for the CPU.
+
+    Yields:
+        the leased GPUs' names as CUDA_VISIBLE_DEVICES entries (its entries when it is set, else indices), for
+        the launched processes' CUDA_VISIBLE_DEVICES; None when train.device is cpu or no GPU is visible (the
+        ranks then run on the CPU with gloo).
+
+    Raises:
+        DeviceLeaseError: fewer than `count` GPUs are visible, or `count` did not become free within `wait_s`
+            (all or nothing: holding some while waiting for more could deadlock two such tasks).
+        ValueError: "cuda:N" (one fixed GPU cannot be N GPUs), or "cuda" without a GPU.
+    """
+    if setting.startswith("cuda:"):
+        raise ValueError(f"train.device={setting!r} names one GPU; training on {count} GPUs needs train.device "
+                         "auto or cuda")
+    visible = 0 if setting == "cpu" else device_count()
+    if visible == 0:
+        if setting == "cuda":
+            raise ValueError("device 'cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        yield None
+        return
+    if visible < count:
+        raise DeviceLeaseError(f"{count} GPUs asked for but only {visible} are visible "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    folder = lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = _visible_names(visible)
+    paths = [folder / f"cuda-{name.replace('/', '_')}.lock" for name in names]
+    owner = f"pid {os.getpid()} on {os.uname().nodename}: {task}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        held: list[tuple[int, int]] = []  # (visible index, fd)
+        for index, path in enumerate(paths):
+            fd = _try_lock(path, owner)
+            if fd is not None:
+                held.append((index, fd))
+                if len(held) == count:
+                    break
+        if len(held) == count:
+            chosen = [names[index] for index, _ in held]
+            _logger.info("%s runs on GPUs %s (leases in %s)", task, ",".join(chosen), folder)
+            try:
+                yield chosen
+            finally:
+                for _, fd in held:
+                    os.close(fd)
+            return
+        for _, fd in held:  # not enough: give back what was taken, so another waiting task can complete its set
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise DeviceLeaseError(f"{count} of the {visible} visible GPUs did not become free together within "
+                                   f"{wait_s:.0f} s ({_holders(paths)}); lock files in {folder} (${LOCK_DIR_ENV})")
         time.sleep(_POLL_S)

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medpipe import distributed
 from medpipe.config import Config, config_to_dict
 from medpipe.contracts import read_gate_decision
 from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_complete
 from medpipe.data.validate import format_validation_summary, validate_dataset
-from medpipe.device_lease import leased_device
+from medpipe.device_lease import leased_device, leased_devices
 from medpipe.drift import REFERENCE_NAME, write_reference
 from medpipe.ensemble import write_ensemble_record
 from medpipe.export import export_onnx
@@ -100,15 +101,30 @@ def _on_device(cfg: Config, device: str) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
 
 
-def train(run: RunFolder, cfg: Config, model: str) -> Path:
+def train(run: RunFolder, cfg: Config, model: str, gpus: int = 1) -> Path:
     """models/<model>/: best.pt, last.pt, history.json; continues from last.pt when a try was interrupted. Runs on
-    the GPU this task leases (medpipe.device_lease) when train.device is auto or cuda."""
+    the GPU this task leases (medpipe.device_lease) when train.device is auto or cuda.
+
+    gpus > 1: lease that many GPUs and train under `torchrun --nproc_per_node=<gpus>` (DDP; `medpipe stage train`
+    in each rank) with exactly the leased GPUs in CUDA_VISIBLE_DEVICES; the ranks do not lease again (their
+    cuda:LOCAL_RANK is one of the leased GPUs). Without GPUs (train.device cpu, or none visible) the ranks run on
+    the CPU with gloo. Already inside torchrun (this stage run by a rank), each rank trains its share.
+    """
     if run.history_path(model).is_file():
         _logger.info("%s is trained already (%s)", model, run.history_path(model))
         return run.model_dir(model)
+    resume = run.checkpoint(model, "last").is_file()
+    if distributed.is_distributed():
+        distributed.setup(cfg.train.device)
+        cache_dir = distributed.on_main(lambda: _cache_dir(run, cfg), f"find or build the cache of {run.root}")
+        return train_model(cache_dir, model, cfg, run.model_dir(model), resume=resume)
+    if gpus > 1:
+        _cache_dir(run, cfg)  # built here, once, rather than by rank 0 while the other ranks wait
+        with leased_devices(cfg.train.device, gpus, task=f"train {model} in {run.root}") as names:
+            distributed.launch_torchrun(gpus, ["stage", "train", "--run", str(run.root), "--model", model], names)
+        return run.model_dir(model)
     with leased_device(cfg.train.device, task=f"train {model} in {run.root}") as device:
-        return train_model(_cache_dir(run, cfg), model, _on_device(cfg, device), run.model_dir(model),
-                           resume=run.checkpoint(model, "last").is_file())
+        return train_model(_cache_dir(run, cfg), model, _on_device(cfg, device), run.model_dir(model), resume=resume)
 
 
 def evaluate(run: RunFolder, cfg: Config, model: str) -> Path:
@@ -307,11 +323,17 @@ def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume
     Returns:
         out_dir/summary.json.
     """
-    run = start_run(out_dir, cfg, data_root, resume=resume)
+    # Under torchrun (medpipe.distributed) only `train` runs on every rank; rank 0 alone runs the other stages,
+    # which write the run folder, and the others wait for it (a failure there is raised on every rank).
+    distributed.setup(cfg.train.device)
+    run = distributed.on_main(lambda: start_run(out_dir, cfg, data_root, resume=resume), f"start the run in {out_dir}")
     if run.finished:
         return run.summary_path
     for selected in CORE_STAGES[1:]:  # after start
         for model in (cfg.models.names if selected.per_model else [None]):
             _logger.info("stage %s%s", selected.name, f" ({model})" if model else "")
-            run_stage(selected.name, run, cfg, model)
+            if selected.func is train:
+                run_stage(selected.name, run, cfg, model)
+            else:
+                distributed.on_main(lambda: run_stage(selected.name, run, cfg, model), f"run stage {selected.name}")
     return run.summary_path

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medpipe import distributed
 from medpipe.config import Config, config_from_dict, config_to_dict, save_config
 from medpipe.contracts import CheckpointMeta
 from medpipe.data.cache import load_cache
@@ -122,6 +123,10 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
         out_dir: where best.pt, last.pt, history.json, history.png and config.yaml go.
         resume: continue from out_dir/last.pt.
 
+    Under torchrun (medpipe.distributed) every rank calls this with the same arguments: each trains on its slice
+    of every global batch of train.batch_size images on cuda:LOCAL_RANK (or the CPU, gloo), rank 0 alone writes
+    the files, and all ranks return once history.json is written.
+
     Returns:
         out_dir.
     """
@@ -129,6 +134,8 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
 
     from medpipe.training_loop import TrainingState, run_epochs  # torch stays off the CLI's start-up path
 
+    ranks_device = distributed.setup(cfg.train.device)  # None outside torchrun
+    main = distributed.is_main()
     out_dir = Path(out_dir)
     last_path = out_dir / CHECKPOINT_NAMES["last"]
     if not resume and last_path.exists():
@@ -136,14 +143,18 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
                             f"or choose another output folder (nothing is overwritten)")
     if resume and not last_path.exists():
         raise TrainingError(f"--resume: {last_path} does not exist; start without --resume")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / CONFIG_NAME)
+    # Every rank has checked the folder before rank 0 writes into it (else a fast rank 0's last.pt could fail
+    # a slower rank's "already holds a run" check).
+    distributed.barrier()
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / CONFIG_NAME)
     data = load_cache(cache_dir)
     for split in ("train", "val"):
         if split not in data.splits or len(data.splits[split].labels) == 0:
             raise TrainingError(f"cache {cache_dir} has no {split} images; training needs train and val")
     try:
-        device = resolve_device(cfg.train.device)
+        device = ranks_device or resolve_device(cfg.train.device)
     except ValueError as exc:
         raise TrainingError(f"train.device: {exc}") from exc
     train_rows = _train_indices(data, cfg)
@@ -157,6 +168,8 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
 
     def _save(kind: str) -> None:
         state.seconds = earlier_seconds + time.perf_counter() - started
+        if not main:  # rank 0 alone writes; its weights are every rank's (DDP keeps them equal)
+            return
         guard = state.qualification(state.epoch, cfg.train.min_balanced_accuracy_margin)
         payload = {"model_state": state.eval_model.state_dict(), "meta": _checkpoint_meta(
             model_name, cfg, data, state.epoch, state.best_score, state.priors, guard)}
@@ -176,13 +189,21 @@ def train_model(cache_dir: str | Path, model_name: str, cfg: Config, out_dir: st
     summary = {"model": model_name, "device": device, "epochs_run": state.epoch, "best_epoch": state.best_epoch,
                "monitor": cfg.train.monitor, "best_score": state.best_score, "stopped_early": state.stopped_early,
                "train_images": int(len(state.train_rows)), "seconds": round(state.seconds, 2),
+               **({"world_size": distributed.world().size} if distributed.is_distributed() else {}),
                **_guard_summary(state, cfg), "history": state.history}
+    if distributed.is_distributed():  # one line per rank: all must name the same epoch (tests check it)
+        _logger.info("rank %d/%d finished %s after epoch %d (stopped early: %s)", distributed.world().rank,
+                     distributed.world().size, model_name, state.epoch, state.stopped_early)
+    if not main:
+        distributed.barrier()  # return once rank 0 has written history.json
+        return out_dir
     if summary["collapsed"]:
         _logger.warning("%s: %s. The gate refuses this model (check best_epoch_qualified); retrain with other "
                         "settings (learning rate, class weights, epochs)", model_name,
                         summary["qualification"]["reason"])
     plot_history(state.history, out_dir / HISTORY_PLOT_NAME)
     atomic_write_text(history_path, json.dumps(summary, indent=1))  # last: a history.json marks a finished training
+    distributed.barrier()
     _logger.info("%s: best %s=%.4f at epoch %d; outputs in %s", model_name, cfg.train.monitor,
                  state.best_score, state.best_epoch, out_dir)
     return out_dir

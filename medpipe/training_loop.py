@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from medpipe import distributed
 from medpipe.config import Config
 from medpipe.data.augment import augment_batch, mixup, weighted_indices
 from medpipe.device import is_cuda
@@ -54,6 +55,10 @@ class TrainingState:
     seconds: float = 0.0  # training wall time of earlier sessions of this run (kept in last.pt for --resume)
     history: list[dict] = field(default_factory=list)
     priors: dict = field(default_factory=dict)  # medpipe.priors.checkpoint_prior_facts: recorded in checkpoints
+    # Under torchrun: the DistributedDataParallel wrapper that trains `model` (None in one process), and the
+    # requires_grad flags it was built for (a change of them needs a new wrapper: distributed.wrap_model).
+    ddp: Any = None
+    ddp_trainable: tuple = ()
 
     @classmethod
     def create(cls, model_name: str, cfg: Config, data, train_rows: np.ndarray, device: str) -> "TrainingState":
@@ -136,7 +141,13 @@ class TrainingState:
 
 
 def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes: int) -> float:
+    """One epoch; returns the mean training loss. Under torchrun every rank draws and augments the same GLOBAL
+    batch (same seeded generators) and trains on its slice (medpipe.distributed), so a single process with the
+    same seed sees the same images."""
     state.model.train()
+    net = state.ddp if state.ddp is not None else state.model
+    world = distributed.world()
+    skipped = 0
     n = len(state.y_train)
     batch = min(cfg.train.batch_size, n)
     steps = math.ceil(n / batch)
@@ -150,18 +161,30 @@ def _train_one_epoch(state: TrainingState, cfg: Config, device: str, num_classes
         x = augment_batch(state.x_train[idx].float(), cfg.augment, state.generator)
         y = F.one_hot(state.y_train[idx], num_classes).float()
         x, y = mixup(x, y, cfg.augment.mixup_alpha if cfg.augment.enabled else 0.0, state.generator, state.rng)
+        share = 1.0
+        if world.size > 1:
+            count = len(idx)
+            if count < world.size:  # an epoch's tail too small to give every rank an image: all ranks skip it
+                skipped += 1
+                continue
+            part = distributed.rank_slice(count, world)
+            x, y = x[part], y[part]
+            share = len(y) / count
         if is_cuda(device):
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=is_cuda(device)):
-            logits = state.model(x)
+            logits = net(x)
         loss = F.cross_entropy(logits.float(), y, weight=state.loss_weights, label_smoothing=cfg.train.label_smoothing)
         state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages gradients over the ranks; weighting each rank's mean loss by its share of the global batch
+        # (x world size) makes that average the gradient of the global batch's mean loss, uneven slices too.
+        (loss * (share * world.size) if world.size > 1 else loss).backward()
         state.optimizer.step()
         if state.ema is not None:
-            state.ema.update_parameters(state.model)
-        total += loss.detach()
-    return float(total.item()) / steps
+            state.ema.update_parameters(state.model)  # the un-wrapped module: identical on every rank
+        total += loss.detach() * share if world.size > 1 else loss.detach()
+    distributed.all_reduce_sum(total)  # every rank reports the global batch's mean loss
+    return float(total.item()) / max(1, steps - skipped)
 
 
 def _refresh_ema_batchnorm(state: TrainingState, cfg: Config, device: str) -> None:
@@ -200,6 +223,15 @@ def _validate(state: TrainingState, cfg: Config, data, device: str) -> dict:
             "val_chance_balanced_accuracy": chance_balanced_accuracy(val.labels)}
 
 
+def _wrap_for_ranks(state: TrainingState, device: str) -> None:
+    """Under torchrun: (re)build the DDP wrapper when the trainable parameters changed (first epoch, unfreezing)."""
+    if not distributed.is_distributed():
+        return
+    trainable = tuple(p.requires_grad for p in state.model.parameters())
+    if state.ddp is None or trainable != state.ddp_trainable:
+        state.ddp, state.ddp_trainable = distributed.wrap_model(state.model, device), trainable
+
+
 def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Callable[[], None],
                on_epoch_end: Callable[[], None]) -> None:
     """Train until cfg.train.epochs or early stopping; calls on_best / on_epoch_end to checkpoint."""
@@ -209,15 +241,20 @@ def run_epochs(state: TrainingState, cfg: Config, data, device: str, on_best: Ca
         _logger.info("training already stopped early at epoch %d; nothing to resume", state.epoch)
         return
     bar = tqdm(range(state.epoch, cfg.train.epochs), desc=f"train {type(state.model).__name__}", unit="epoch",
-               disable=None)
+               disable=None if distributed.is_main() else True)
     for epoch in bar:
         stages = unfreeze_for_epoch(state.model, epoch, cfg.models.resnet18.unfreeze_every)
+        _wrap_for_ranks(state, device)
         train_loss = _train_one_epoch(state, cfg, device, num_classes)
         if state.ema is not None:
             _refresh_ema_batchnorm(state, cfg, device)
         if state.scheduler is not None:
             state.scheduler.step()
-        record = {"epoch": epoch + 1, "train_loss": train_loss, **_validate(state, cfg, data, device),
+        # Rank 0 validates and sends the metrics to the others (their BatchNorm running statistics are their own
+        # until DDP's next forward re-broadcasts rank 0's): every rank then takes the best-epoch and early-stop
+        # decisions below from the same record with the same code, so all stop at the same epoch.
+        val = distributed.on_main(lambda: _validate(state, cfg, data, device), f"validate epoch {epoch + 1}")
+        record = {"epoch": epoch + 1, "train_loss": train_loss, **val,
                   "lr": state.optimizer.param_groups[-1]["lr"], "trainable_stages": stages}
         state.history.append(record)
         state.epoch = epoch + 1

@@ -1,4 +1,4 @@
-"""Core sub-commands: validate, split, cache, train, evaluate, run."""
+"""Core sub-commands: validate, split, cache, train, evaluate, run, stage."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
+from medpipe import distributed
 from medpipe.cli import config_from_args
 from medpipe.contracts import read_metrics
 from medpipe.data.cache import build_cache
 from medpipe.data.validate import format_validation_summary, validate_dataset
-from medpipe.run_folder import default_run_dir
-from medpipe.stages import run_pipeline
+from medpipe.run_folder import RunFolder, default_run_dir
+from medpipe.stages import run_pipeline, run_stage
 from medpipe.train import train_model
 
 __all__ = ["register"]
@@ -46,11 +47,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
-    cache_dir = build_cache(args.data, cfg)
+    distributed.setup(cfg.train.device)  # under torchrun: join the ranks before rank 0 builds the cache alone
+    cache_dir = distributed.on_main(lambda: build_cache(args.data, cfg), f"build the cache of {args.data}")
     names = args.model or cfg.models.names
     for name in names:
         out = train_model(cache_dir, name, cfg, Path(args.out) / name, resume=args.resume)
-        print(f"{name}: checkpoints and history in {out}")
+        if distributed.is_main():
+            print(f"{name}: checkpoints and history in {out}")
     return 0
 
 
@@ -77,9 +80,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir()
     summary_path = run_pipeline(args.data, cfg, out, resume=args.resume)
+    if not distributed.is_main():  # under torchrun: rank 0 reports
+        return 0
     print(render_summary_markdown(json.loads(Path(summary_path).read_text())))
     print(f"everything is under {out.resolve()} (summary: {summary_path})")
     print(f"next: medpipe gate --run {out}")
+    return 0
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    run = RunFolder.open(args.run)
+    result = run_stage(args.name, run, run.config(), args.model)
+    if distributed.is_main():
+        print(result)
     return 0
 
 
@@ -139,3 +152,14 @@ def register(subparsers, add_common) -> None:
                    "and code): finished stages are kept, training continues from last.pt")
     add_common(p)
     p.set_defaults(func=_cmd_run)
+
+    p = subparsers.add_parser(
+        "stage", help="run one stage of an existing run folder (what a DAG task runs; under torchrun for N GPUs)",
+        description="Run one medpipe stage (medpipe.stages) on a run folder made by `medpipe run` or the DAG's "
+                    "start task, with the config saved there. The retrain DAG launches `torchrun "
+                    "--nproc_per_node=N -m medpipe stage train --run DIR --model M` for multi-GPU training.")
+    p.add_argument("name", help="stage name, e.g. train")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--model", help="model, for per-model stages (train, evaluate)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")  # the config is the run's own
+    p.set_defaults(func=_cmd_stage)

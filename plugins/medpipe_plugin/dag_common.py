@@ -113,11 +113,12 @@ def _jsonable(value: Any) -> Any:
 
 
 @task
-def run_stage_task(stage: str, model: str | None = None) -> Any:
+def run_stage_task(stage: str, model: str | None = None, gpus: int = 1) -> Any:
     """One medpipe stage on this run's folder (medpipe.stages.run_stage); its inputs and outputs are files there.
 
     A model the run's config does not train (models.names) is skipped; a dataset that fails validation fails the
-    run at once, without retries: bad data does not get better by retrying.
+    run at once, without retries: bad data does not get better by retrying. `gpus` > 1 (train only, with as many
+    pool slots): the stage leases that many GPUs and launches torchrun on them (medpipe.stages.train).
     """
     from medpipe.stages import PipelineError, run_stage
 
@@ -127,6 +128,8 @@ def run_stage_task(stage: str, model: str | None = None) -> Any:
     if stage == "export":  # the registry version: sortable, unique per DAG run, the same on every retry
         context = get_current_context()
         options["version"] = settings.model_version(context["run_id"], context["dag_run"].run_after)
+    if gpus > 1:
+        options["gpus"] = gpus
     if model is not None and model not in cfg.models.names:
         raise AirflowSkipException(f"{model} is not in models.names {list(cfg.models.names)} of this run")
     try:

@@ -16,6 +16,7 @@ variables below (docker/compose.yaml does).
 | MEDPIPE_RETRAIN_SCHEDULE     | cron/preset for retraining ("none" = manual only)   | @weekly                          |
 | MEDPIPE_GPU_QUEUE            | Celery queue of the GPU workers                     | default                          |
 | MEDPIPE_GPU_POOL             | Airflow pool limiting concurrent GPU tasks          | gpu                              |
+| MEDPIPE_GPUS_PER_MODEL       | GPUs (pool slots) per training task; >1: torchrun   | 1                                |
 | MEDPIPE_TASK_RETRIES         | retries per task (exponential backoff)              | 2                                |
 | MEDPIPE_TRAIN_TIMEOUT_MIN    | execution_timeout of a training task (GPU), minutes | 720 (12 h)                       |
 | MEDPIPE_TASK_TIMEOUT_MIN     | execution_timeout of every other task, minutes      | 120 (2 h)                        |
@@ -134,6 +135,15 @@ def _env_int(name: str, default: int, low: int, high: int, unit: str = "") -> in
     if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise ValueError(f"{name}={value!r}: expected a whole number{unit} from {low} to {high}")
     return int(value)
+
+
+def gpus_per_model() -> int:
+    """GPUs each training task holds (`pool_slots`) and trains one model on with torchrun + DDP when above 1.
+
+    An environment setting, not a DAG param: Airflow fixes a task's pool_slots when it parses the DAG file, so a
+    per-run value could not reserve the slots its training would use.
+    """
+    return _env_int("MEDPIPE_GPUS_PER_MODEL", 1, 1, 64, " of GPUs")
 
 
 def task_retries() -> int:

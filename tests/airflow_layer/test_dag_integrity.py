@@ -217,3 +217,29 @@ def test_the_inbox_is_polled_when_one_is_set(tmp_path: Path) -> None:
     out = _parse_in_subprocess({"MEDPIPE_INBOX": str(tmp_path), "MEDPIPE_INBOX_POLL_MIN": "5"}, code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == f"0:05:00 {tmp_path}"
+
+
+def test_training_on_several_gpus_holds_as_many_pool_slots(dagbag) -> None:
+    """$MEDPIPE_GPUS_PER_MODEL=2: each train task takes 2 `gpu` slots and asks its stage for 2 GPUs (the stage
+    then leases them and launches torchrun: tests/test_distributed.py checks that command); the default is 1."""
+    for model in MODELS:
+        task = dagbag.dags["medpipe_retrain"].get_task(f"train_{model}")
+        assert task.pool_slots == 1 and "gpus" not in task.op_kwargs
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"b = DagBag(dag_folder={str(DAGS_FOLDER)!r})\n"
+        "assert not b.import_errors, b.import_errors\n"
+        "d = b.get_dag('medpipe_retrain')\n"
+        "for m in ('custom_cnn', 'resnet18'):\n"
+        "    t = d.get_task('train_' + m)\n"
+        "    print(t.pool, t.pool_slots, list(t.op_args), t.op_kwargs)\n"
+        "print(d.get_task('evaluate_resnet18').pool_slots)\n"
+    )
+    env = {**os.environ, "MEDPIPE_GPUS_PER_MODEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-3:] == [
+        "gpu 2 ['train', 'custom_cnn'] {'gpus': 2}", "gpu 2 ['train', 'resnet18'] {'gpus': 2}", "1"]
+    env["MEDPIPE_GPUS_PER_MODEL"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "MEDPIPE_GPUS_PER_MODEL='0'" in out.stderr + out.stdout
