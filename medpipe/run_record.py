@@ -19,7 +19,8 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from medpipe.contracts import HEADLINE_METRICS, ContractError, RunRecord, read_gate_decision, read_metrics
+from medpipe.contracts import (HEADLINE_METRICS, ContractError, GateDecision, RunRecord, read_gate_decision,
+                               read_metrics)
 from medpipe.fileio import atomic_write_text
 from medpipe.registry import MANIFEST_NAME, MODELS_PREFIX, read_champion
 from medpipe.release import read_release
@@ -88,6 +89,12 @@ def _published(run: RunFolder, store: Store, passed: bool) -> dict[str, str] | N
     return _pointer(release) if store.exists(key) else None
 
 
+def _champion_metric(decision: GateDecision) -> float | None:
+    """The champion's primary metric as the gate re-scored it on this run's split (the trend chart's other line)."""
+    value = ((decision.champion or {}).get("metrics") or {}).get(decision.primary_metric or "")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def build_run_record(run: RunFolder, models: list[str], store: Store, dag_id: str | None = None,
                      dag_run_id: str | None = None) -> RunRecord:
     """The record of a run whose gate has decided (gate.json); `models` are the candidates it evaluated."""
@@ -99,7 +106,8 @@ def build_run_record(run: RunFolder, models: list[str], store: Store, dag_id: st
         status="passed" if decision.passed else "rejected", split=decision.split,
         primary_metric=decision.primary_metric,
         models={name: _model_entry(run.metrics_path(name)) for name in models},
-        gate={"passed": decision.passed, "challenger": decision.challenger, "reasons": list(decision.reasons)},
+        gate={"passed": decision.passed, "challenger": decision.challenger, "reasons": list(decision.reasons),
+              "champion_metric": _champion_metric(decision)},
         champion_before=_pointer(decision.champion), champion_after=_pointer(read_champion(store)),
         published=_published(run, store, decision.passed), dag_id=dag_id, dag_run_id=dag_run_id,
         medpipe_version=identity.medpipe_version if identity else None,

@@ -41,7 +41,7 @@ def _run(tmp_path: Path, cfg: Config, passed: bool, champion: dict[str, str] | N
             run.metrics_path(name))
     reasons = ["resnet18 passed all 4 checks"] if passed else ["macro_auc 0.80 < minimum 0.9", "<b>worse</b>"]
     GateDecision(passed=passed, challenger="resnet18", split="val", primary_metric="macro_auc", reasons=reasons,
-                 champion=None if champion is None else {**champion, "metrics": {}}).write(run.gate_path)
+                 champion=None if champion is None else {**champion, "metrics": {"macro_auc": 0.82}}).write(run.gate_path)
     run.write_timing("train_resnet18", datetime.now(timezone.utc), 1.5)
     return run
 
@@ -69,8 +69,8 @@ def test_a_rejected_run_is_recorded_with_its_reasons(tmp_path: Path, fast_config
     assert key == f"runs/{run.run_id()}/record.json" and run.run_id().startswith("20260101T000000Z-")
     record = read_run_record(store, run.run_id())
     assert record.status == "rejected" and record.published is None and record.champion_after is None
-    assert record.gate == {"passed": False, "challenger": "resnet18", "reasons": ["macro_auc 0.80 < minimum 0.9",
-                                                                               "<b>worse</b>"]}
+    assert record.gate == {"passed": False, "challenger": "resnet18", "champion_metric": 0.82,
+                           "reasons": ["macro_auc 0.80 < minimum 0.9", "<b>worse</b>"]}
     assert record.champion_before == {"model_name": "custom_cnn", "version": "v0"}
     assert record.primary() == (pytest.approx(0.8), [pytest.approx(0.7), pytest.approx(0.85)])
     assert record.models["custom_cnn"]["splits"]["val"]["accuracy"] == {"value": 0.6, "interval": None}

@@ -36,7 +36,7 @@ class RunRecord(Contract):
     primary_metric: str | None = None  # gate.primary_metric
     # model -> {"device", "splits": {split: {metric: {"value", "interval": [lo, hi] | None}}}}, ensemble included
     models: dict[str, dict[str, Any]]
-    gate: dict[str, Any]  # {"passed", "challenger", "reasons"}
+    gate: dict[str, Any]  # {"passed", "challenger", "reasons", "champion_metric": the champion's primary, re-scored}
     champion_before: dict[str, str] | None = None  # {"model_name", "version"}: what the gate compared against
     champion_after: dict[str, str] | None = None  # the store's champion when the record was written
     published: dict[str, str] | None = None  # {"model_name", "version"} this run published, if any
