@@ -1,17 +1,18 @@
 """
 ### medpipe_retrain — retrain the normal / benign / cancer classifier and publish a better model
 
-One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run`, `medpipe gate`,
-`medpipe export`, `medpipe publish` and `medpipe record` run (`medpipe run --ship` runs them all): `start` (resolve the config, check the pretrained weights, hash the
-dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`,
-the models side by side) → `evaluate_<model>` → `ensemble` (the mean of the models as one more candidate;
-`evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx
-last, parity-checked against torch) → `publish` (to the model store, champion pointer last) → `record` (the run record, `runs/<run_id>/record.json` in
-the store, shown in the Runs view; written whether the gate passed or not). The publish task's
-"Model page" link opens the version in the Models page (Browse → Models).
+One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run --ship` runs (and
+`medpipe run`, `gate`, `export`, `publish`, `record` one by one): `start` (resolve the config, check the pretrained
+weights, hash the dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue
+`$MEDPIPE_GPU_QUEUE`, the models side by side) → `evaluate_<model>` → `ensemble` (the mean of the models as one
+more candidate; `evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx last,
+parity-checked against torch) → `publish` (to the model store, champion pointer last) → `record` (the run record,
+`runs/<run_id>/record.json` in the store, shown in the Runs view; written whether the gate passed or not). The
+publish task's "Model page" link opens the version in the Models page (Browse → Models).
 
 A failed gate is not an error: `gate_passed` short-circuits, export and publish are skipped, the champion
-stays, and the reasons are in the `gate` task's log and XCom, in `gate.json` of the run folder and in the run record.
+stays, and the reasons are in the `gate` task's log and XCom, in `gate.json` of the run folder and in the run
+record.
 Publishing updates the Asset `medpipe://champion`, which schedules `medpipe_score`.
 
 **Params**: `data_root` (train/val[/test]/<class>/ images), `config` (YAML; empty = packaged defaults),

@@ -72,7 +72,8 @@ def _hardware() -> dict[str, Any]:
     shown to every UI user). Each model's own evaluation device is in models.<name>.device."""
     import torch  # only this stage needs it; the CLI and DAG files stay light
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = [torch.cuda.get_device_name(i) for i in range(count)]
     return {"cpu_count": os.cpu_count(), "device_kind": "cuda" if gpus else "cpu", "gpus": gpus}
 
 

@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse
 
 from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import check_segment
-from medpipe_plugin.pages import _fmt, _page
+from medpipe_plugin.metric_views import fmt as _fmt, interval_text
+from medpipe_plugin.pages import _page
 from medpipe_plugin.trend_chart import trend_svg
 
 if TYPE_CHECKING:
@@ -38,9 +39,8 @@ def airflow_run_url(root: str, mount: str, dag_id: str, dag_run_id: str) -> str:
 
 
 def _interval_text(interval: Any) -> str:
-    if not (isinstance(interval, list) and len(interval) == 2 and all(isinstance(b, (int, float)) for b in interval)):
-        return ""
-    return f' <span class="muted" title="95 % interval, bootstrap over patients">[{interval[0]:.2f}–{interval[1]:.2f}]</span>'
+    text = interval_text(interval)
+    return f' <span class="muted" title="95 % interval, bootstrap over patients">{text}</span>' if text else ""
 
 
 def _pointer(value: dict[str, str] | None, root: str, versions: set[tuple[str, str]]) -> str:

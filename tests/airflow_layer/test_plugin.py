@@ -277,7 +277,7 @@ def test_runs_view_lists_runs_newest_first_with_verdict_reasons_and_links(client
     rejected = rejected[:rejected.index("</tr>")]
     assert "rejected" in rejected and "macro_auc 0.70 &lt; champion 0.88 - 0.01" in rejected
     assert "&lt;i&gt;collapsed&lt;/i&gt;" in rejected and "<i>collapsed" not in text
-    assert "custom_cnn" in rejected and "0.700" in rejected and "[0.62–0.74]" in rejected
+    assert "custom_cnn" in rejected and "0.700" in rejected and "[0.620–0.740]" in rejected
     assert rejected.count('href="/medpipe/models/resnet18/20260108T000000-bbbbbb"') == 2  # champion before → after
     assert 'href="/dags/medpipe_retrain/runs/manual__2026-01-15T03%3A00%3A00%2B00%3A00"' in rejected
     assert f'href="/medpipe/runs/{REJECTED_RUN}"' in rejected
