@@ -146,3 +146,16 @@ def test_medpipe_run_ship_records_a_rejected_run_once(tmp_path: Path) -> None:
             } <= set(json.loads((tmp_path / "run" / "record.json").read_text())["stage_seconds"])
     stored = store.get_bytes(key)
     assert main(args) == 3 and store.list("runs/") == [key] and store.get_bytes(key) == stored
+
+
+def test_the_run_record_contract_round_trips_and_refuses_a_newer_schema() -> None:
+    from medpipe.contracts import ContractError
+
+    record = RunRecord(run_id="r-1", status="rejected", models={}, gate={"passed": False, "challenger": "x",
+                                                                         "reasons": ["why"]})
+    assert RunRecord.parse(json.dumps(record.to_dict()), "runs/r-1/record.json") == record
+    assert record.primary() == (None, None)  # no metric recorded: nothing invented
+    with pytest.raises(ContractError, match="runs/r-1/record.json was written by a newer medpipe"):
+        RunRecord.parse({**record.to_dict(), "schema_version": 2}, "runs/r-1/record.json")
+    with pytest.raises(ContractError, match=r"lacks the required key\(s\) 'gate' of a run record"):
+        RunRecord.parse({"run_id": "r", "status": "passed", "models": {}}, "k")

@@ -24,12 +24,7 @@ from medpipe_plugin.pages import _page
 if TYPE_CHECKING:
     from medpipe.store import Store
 
-__all__ = ["add_compare_route", "compare_url", "config_diff", "parse_version_ref", "render_compare"]
-
-
-def compare_url(root: str, a: tuple[str, str], b: tuple[str, str]) -> str:
-    """Link to the compare page; segments are URL-quoted, so the '&' needs no HTML escaping."""
-    return f"{root}/compare?a={quote(a[0])}/{quote(a[1])}&b={quote(b[0])}/{quote(b[1])}"
+__all__ = ["add_compare_route", "config_diff", "parse_version_ref", "render_compare"]
 
 
 def parse_version_ref(value: str | None, what: str) -> tuple[str, str]:

@@ -68,6 +68,8 @@ def _card_url(root: str, v: VersionView) -> str:
 
 
 def _compare_link(root: str, v: VersionView, champion: VersionView | None) -> list[str]:
+    """The compare page (compare_view.py) of the champion (a) and `v` (b); the segments are URL-quoted, so the '&'
+    needs no HTML escaping (and a link checker reads the URL as the browser does)."""
     if champion is None or champion is v:
         return []
     return [f'<a href="{root}/compare?a={quote(champion.model_name)}/{quote(champion.version)}&b='
