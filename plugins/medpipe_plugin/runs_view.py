@@ -64,7 +64,8 @@ def _verdict(record: RunRecord) -> str:
 def _airflow_link(record: RunRecord, root: str, mount: str) -> str:
     if not (record.dag_id and record.dag_run_id):
         return '<span class="muted">CLI</span>'
-    return (f'<a href="{escape(airflow_run_url(root, mount, record.dag_id, record.dag_run_id))}">'
+    # target=_top: inside the Airflow UI this page is framed (Browse → Runs); the run opens as the whole UI.
+    return (f'<a target="_top" href="{escape(airflow_run_url(root, mount, record.dag_id, record.dag_run_id))}">'
             f"{escape(record.dag_id)}<br>{escape(record.dag_run_id)}</a>")
 
 

@@ -216,6 +216,8 @@ def test_plugin_is_registered_with_its_nav_entry(client, auth) -> None:
     view = ours["external_views"][0]
     assert (view["name"], view["href"], view["category"], view["url_route"]) == (
         "Models", "/medpipe/models", "browse", "medpipe-models")
+    runs = ours["external_views"][1]
+    assert (runs["name"], runs["href"], runs["url_route"]) == ("Runs", "/medpipe/runs", "medpipe-runs")
     assert client.get("/api/v2/importErrors", headers=auth).json()["total_entries"] == 0
 
 
@@ -279,7 +281,7 @@ def test_runs_view_lists_runs_newest_first_with_verdict_reasons_and_links(client
     assert "&lt;i&gt;collapsed&lt;/i&gt;" in rejected and "<i>collapsed" not in text
     assert "custom_cnn" in rejected and "0.700" in rejected and "[0.620–0.740]" in rejected
     assert rejected.count('href="/medpipe/models/resnet18/20260108T000000-bbbbbb"') == 2  # champion before → after
-    assert 'href="/dags/medpipe_retrain/runs/manual__2026-01-15T03%3A00%3A00%2B00%3A00"' in rejected
+    assert 'target="_top" href="/dags/medpipe_retrain/runs/manual__2026-01-15T03%3A00%3A00%2B00%3A00"' in rejected
     assert f'href="/medpipe/runs/{REJECTED_RUN}"' in rejected
     assert "<svg" in text and "<script" not in text and text.count("<circle") >= 3  # 2 challengers + champion
 
