@@ -1,17 +1,20 @@
 """
 ### medpipe_retrain — retrain the normal / benign / cancer classifier and publish a better model
 
-One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run`, `medpipe gate`,
-`medpipe export` and `medpipe publish` run: `start` (resolve the config, check the pretrained weights, hash the
-dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue `$MEDPIPE_GPU_QUEUE`,
-the models side by side; `$MEDPIPE_GPUS_PER_MODEL` pool slots each, and above 1 the task leases that many GPUs and
-trains under `torchrun --standalone --nproc_per_node=N -m medpipe stage train`) → `evaluate_<model>` → `ensemble` (the mean of the models as one more candidate;
-`evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx
-last, parity-checked against torch) → `publish` (to the model store, champion pointer last). The publish task's
-"Model page" link opens the version in the Models page (Browse → Models).
+One task per stage of `medpipe.stages.STAGES`, in that order — the same stages `medpipe run --ship` runs (and
+`medpipe run`, `gate`, `export`, `publish`, `record` one by one): `start` (resolve the config, check the pretrained
+weights, hash the dataset, make the run folder) → `validate` → `cache` → `train_<model>` (pool `gpu`, queue
+`$MEDPIPE_GPU_QUEUE`, the models side by side;
+`$MEDPIPE_GPUS_PER_MODEL` pool slots each, and above 1 the task leases that many GPUs and trains under
+`torchrun --standalone --nproc_per_node=N -m medpipe stage train`) → `evaluate_<model>` → `ensemble` (the mean of the models as one
+more candidate; `evaluate.ensemble`) → `summarize` → `gate` → `export` (side files first, model.onnx last,
+parity-checked against torch) → `publish` (to the model store, champion pointer last) → `record` (the run record,
+`runs/<run_id>/record.json` in the store, shown in the Runs view; written whether the gate passed or not). The
+publish task's "Model page" link opens the version in the Models page (Browse → Models).
 
 A failed gate is not an error: `gate_passed` short-circuits, export and publish are skipped, the champion
-stays, and the reasons are in the `gate` task's log and XCom (and in `gate.json` of the run folder).
+stays, and the reasons are in the `gate` task's log and XCom, in `gate.json` of the run folder and in the run
+record.
 Publishing updates the Asset `medpipe://champion`, which schedules `medpipe_score`.
 
 **Params**: `data_root` (train/val[/test]/<class>/ images), `config` (YAML; empty = packaged defaults),
@@ -45,7 +48,9 @@ _logger = logging.getLogger(__name__)
 DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=2), max_retry_delay=timedelta(minutes=30))
 
 
-@task.short_circuit
+# Only export (the direct downstream) is skipped; publish follows as skipped, and `record` (trigger rule none_failed)
+# still runs: a rejected challenger's run is recorded too.
+@task.short_circuit(ignore_downstream_trigger_rules=False)
 def gate_passed(decision: dict[str, Any]) -> bool:
     """Continue to export/publish only when the gate passed; otherwise they are skipped (not failed)."""
     reasons = decision.get("reasons") or []
@@ -85,7 +90,9 @@ def _stage_tasks(stage: Any, run_root: Any) -> list[Any]:
         return [run_stage_task.override(task_id=f"{stage.name}_{model}", **placement)(stage.name, model, **extra)
                 for model in MODEL_NAMES]
     # After per-model stages: go on when at least one model ran and none failed (a model left out is skipped).
-    return [run_stage_task.override(task_id=stage.name, trigger_rule="none_failed_min_one_success")(stage.name)]
+    # The record comes after publish whether it ran or was skipped by the gate.
+    rule = "none_failed" if stage.name == "record" else "none_failed_min_one_success"
+    return [run_stage_task.override(task_id=stage.name, trigger_rule=rule)(stage.name)]
 
 
 @dag(

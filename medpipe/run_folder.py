@@ -18,6 +18,8 @@ Layout (relative to the run folder):
     models/ensemble/eval/...          evaluated like a model
     summary.{json,md}                 the models beside the majority baseline (the end of `medpipe run`)
     gate.json                         the gate's decision
+    timings/<task>.json               a stage's (or a per-model stage's) duration, written when it first finished
+    record.json                       the run record (medpipe.run_record), also stored as runs/<run_id>/record.json
     release/{model.onnx,parity.json,metrics.json,model_card.md,gate.json,config.yaml,reference.json,plots/*.png}
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -59,6 +62,9 @@ PARITY_NAME = "parity.json"
 # The mean of the run's models (medpipe.ensemble): a model folder holding a record of its members, not weights.
 ENSEMBLE_NAME = "ensemble"
 ENSEMBLE_RECORD = "ensemble.json"
+RUN_RECORD_COPY = "record.json"  # the run record as stored (medpipe.run_record)
+# A run id is a store key segment (medpipe.store.base); anything else in a folder name becomes "_".
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 # What a release folder (and so a published registry version) holds beside model.onnx, from the run.
 RELEASE_EVAL_FILES = (METRICS_NAME, CARD_NAME)  # from models/<name>/eval/, required
 REFERENCE_NAME = "reference.json"  # the training reference for drift (medpipe.drift), when the run had enough images
@@ -200,6 +206,33 @@ class RunFolder:
     @property
     def release_dir(self) -> Path:
         return self.root / "release"
+
+    @property
+    def run_record_copy_path(self) -> Path:
+        return self.root / RUN_RECORD_COPY
+
+    def timing_path(self, task: str) -> Path:
+        return self.root / "timings" / f"{task}.json"
+
+    def write_timing(self, task: str, started_at: datetime, seconds: float) -> None:
+        """Record how long `task` (a stage, or `<stage>_<model>`) took, the first time it finished: a resumed run or
+        a retried task returns finished outputs in no time, which is not the stage's duration."""
+        path = self.timing_path(task)
+        if not path.is_file():
+            atomic_write_text(path, json.dumps({"task": task, "started_at": started_at.isoformat(timespec="seconds"),
+                                                "seconds": round(seconds, 3)}) + "\n")
+
+    def timings(self) -> dict[str, float]:
+        """task -> seconds, in the order the tasks started."""
+        entries = [json.loads(p.read_text()) for p in sorted((self.root / "timings").glob("*.json"))]
+        return {e["task"]: float(e["seconds"]) for e in sorted(entries, key=lambda e: e.get("started_at", ""))}
+
+    def run_id(self) -> str:
+        """The run's id in the store: the folder name (made key-safe) and 8 hex digits of run.json's sha256, so two
+        runs in folders of the same name (on two workers, in two temp folders) never share a record."""
+        digest = hashlib.sha256(self.record_path.read_bytes()).hexdigest()[:8]
+        name = _UNSAFE_ID_CHARS.sub("_", self.root.resolve().name).lstrip("._")[:100] or "run"
+        return f"{name}-{digest}"
 
     def relative(self, path: str | Path) -> str:
         """`path` relative to the run folder (what summaries and records store, so a run folder can move)."""

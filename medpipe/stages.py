@@ -4,8 +4,10 @@ Each stage is a function of the run folder and the config (and the model, for pe
 inputs from the run folder and writes its outputs there (`medpipe.run_folder`). A stage whose outputs are complete
 returns them as they are, so a resumed run or a retried Airflow task never redoes or rewrites finished work.
 
-`medpipe run` runs the core stages in order (start ... ensemble, summarize); `medpipe gate`, `medpipe export` and
-`medpipe publish` run the shipping stages; the DAG has one task per stage and per model, in the same order.
+`medpipe run` runs the core stages in order (start ... ensemble, summarize); `medpipe run --ship` goes on through the
+shipping stages (gate, export and publish when the gate passed, record); `medpipe gate`, `medpipe export`,
+`medpipe publish` and `medpipe record` run one shipping stage each; the DAG has one task per stage and per model,
+in the same order. Every stage's duration goes into the run folder (timings/) for the run record.
 
 Modules that import torch or scikit-learn (the models, evaluation, the gate, the summary) are imported inside the
 stage functions: the CLI's `--help` and the DAG files import this module and must not pay their start-up time
@@ -17,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from medpipe.train import train_model
 
 __all__ = ["Stage", "STAGES", "CORE_STAGES", "PipelineError", "stage", "stage_task_ids", "run_stage",
            "start_run", "run_pipeline", "validate", "cache", "train", "evaluate", "ensemble", "summarize", "gate",
-           "export", "publish"]
+           "export", "publish", "record"]
 
 _logger = logging.getLogger(__name__)
 
@@ -54,9 +58,12 @@ def start_run(out_dir: str | Path, cfg: Config, data_root: str | Path, resume: b
     (RunFolder.create: a folder holding another run is refused before anything is written)."""
     from medpipe.models import check_pretrained_weights  # torch stays off the CLI's and DAG files' start-up path
 
+    started, clock = datetime.now(timezone.utc), time.monotonic()
     check_pretrained_weights(cfg)
     manifest, _ = dataset_manifest(data_root, cfg)
-    return RunFolder.create(out_dir, cfg, data_root, manifest["manifest_hash"], resume=resume)
+    run = RunFolder.create(out_dir, cfg, data_root, manifest["manifest_hash"], resume=resume)
+    run.write_timing("start", started, time.monotonic() - clock)
+    return run
 
 
 def validate(run: RunFolder, cfg: Config) -> Path:
@@ -266,6 +273,14 @@ def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) 
                            release["version"])
 
 
+def record(run: RunFolder, cfg: Config, dag_id: str | None = None, dag_run_id: str | None = None) -> str:
+    """runs/<run_id>/record.json in cfg.store (medpipe.run_record): the run's metrics, the gate's verdict and the
+    champion before and after, whether the gate passed or not; written once. Returns the record's key."""
+    from medpipe.run_record import record_run  # torch (hardware names) stays off the CLI's start-up path
+
+    return record_run(run, _candidates(run, cfg), open_store(cfg.store), dag_id, dag_run_id)
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -286,6 +301,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("gate", gate, core=False),
     Stage("export", export, core=False),
     Stage("publish", publish, core=False),
+    Stage("record", record, core=False),  # last: runs whether the gate passed (after publish) or not
 )
 CORE_STAGES = tuple(s for s in STAGES if s.core)
 
@@ -311,14 +327,20 @@ def run_stage(name: str, run: RunFolder, cfg: Config, model: str | None = None, 
         raise ValueError(f"stage {name} " + ("runs once per model: name the model" if selected.per_model
                                              else f"is not per model (got model {model!r})"))
     args = (run, cfg, model) if selected.per_model else (run, cfg)
-    return selected.func(*args, **options)
+    started, clock = datetime.now(timezone.utc), time.monotonic()
+    result = selected.func(*args, **options)
+    run.write_timing(f"{name}_{model}" if model is not None else name, started, time.monotonic() - clock)
+    return result
 
 
-def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume: bool = False) -> Path:
-    """`medpipe run`: the core stages in order, everything under out_dir.
+def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume: bool = False,
+                 ship: bool = False) -> Path:
+    """`medpipe run`: the core stages in order, everything under out_dir; with `ship`, every stage as the DAG runs
+    them: gate, then export and publish only when it passed (the DAG's short-circuit), then record.
 
     Refused before anything is written when out_dir holds another run (RunFolder.create). A finished run with
-    the same identity is returned as it is; with `resume`, an interrupted one continues where it stopped.
+    the same identity is not run again; with `resume`, an interrupted one continues where it stopped. Finished
+    stages return their outputs as they are, so `ship` on a finished run completes its shipping stages.
 
     Returns:
         out_dir/summary.json.
@@ -327,9 +349,12 @@ def run_pipeline(data_root: str | Path, cfg: Config, out_dir: str | Path, resume
     # which write the run folder, and the others wait for it (a failure there is raised on every rank).
     distributed.setup(cfg.train.device)
     run = distributed.on_main(lambda: start_run(out_dir, cfg, data_root, resume=resume), f"start the run in {out_dir}")
-    if run.finished:
-        return run.summary_path
-    for selected in CORE_STAGES[1:]:  # after start
+    for selected in STAGES[1:] if ship else CORE_STAGES[1:]:  # after start
+        if run.finished and selected.core:
+            continue
+        if selected.name in ("export", "publish") and not read_gate_decision(run.gate_path).passed:
+            _logger.info("stage %s skipped: the gate did not pass (%s)", selected.name, run.gate_path)
+            continue
         for model in (cfg.models.names if selected.per_model else [None]):
             _logger.info("stage %s%s", selected.name, f" ({model})" if model else "")
             if selected.func is train:

@@ -1,7 +1,8 @@
 """Airflow plugin: the medpipe "Models" page (model registry browser) in the Airflow UI.
 
 Registers a FastAPI app mounted by the API server at /medpipe (the page itself, its plots and files) and an
-external view that puts "Models" in the Browse menu, shown inside the UI at /plugin/medpipe-models.
+external views that put "Models" and "Runs" in the Browse menu, shown inside the UI at /plugin/medpipe-models and
+/plugin/medpipe-runs.
 The publish task's "Model page" link comes from PublishModelOperator (medpipe_plugin.operators): in Airflow 3
 the worker stores an operator's extra links in XCom, so the link needs no registration here.
 """
@@ -27,5 +28,12 @@ class MedpipeRegistryPlugin(AirflowPlugin):
             "destination": "nav",
             "category": "browse",
             "url_route": "medpipe-models",
-        }
+        },
+        {  # every retraining run's record: verdict, reasons, champion before/after, the trend (runs_view.py)
+            "name": "Runs",
+            "href": f"{URL_PREFIX}/runs",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "medpipe-runs",
+        },
     ]

@@ -74,7 +74,7 @@ def test_an_interrupted_run_continues_only_with_resume(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=4, size=32)
     cfg = load_config(None, [*FAST, f"data.cache_dir={tmp_path / 'cache'}"])
     run = start_run(tmp_path / "run", cfg, data)  # started, then (say) killed before any stage finished
-    assert sorted(p.name for p in run.root.iterdir()) == ["config.yaml", RUN_RECORD]
+    assert sorted(p.name for p in run.root.iterdir()) == ["config.yaml", RUN_RECORD, "timings"]  # start's duration
     with pytest.raises(RunFolderError, match="unfinished run with the same data, settings and code; pass --resume"):
         run_pipeline(data, cfg, run.root)
     assert run_pipeline(data, cfg, run.root, resume=True) == run.summary_path

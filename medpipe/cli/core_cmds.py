@@ -8,10 +8,10 @@ from pathlib import Path
 
 from medpipe import distributed
 from medpipe.cli import config_from_args
-from medpipe.contracts import read_metrics
+from medpipe.contracts import read_gate_decision, read_metrics
 from medpipe.data.cache import build_cache
 from medpipe.data.validate import format_validation_summary, validate_dataset
-from medpipe.run_folder import RunFolder, default_run_dir
+from medpipe.run_folder import GATE_NAME, RunFolder, default_run_dir
 from medpipe.stages import run_pipeline, run_stage
 from medpipe.train import train_model
 
@@ -79,13 +79,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir()
-    summary_path = run_pipeline(args.data, cfg, out, resume=args.resume)
+    summary_path = run_pipeline(args.data, cfg, out, resume=args.resume, ship=args.ship)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return 0
     print(render_summary_markdown(json.loads(Path(summary_path).read_text())))
     print(f"everything is under {out.resolve()} (summary: {summary_path})")
-    print(f"next: medpipe gate --run {out}")
-    return 0
+    if not args.ship:
+        print(f"next: medpipe gate --run {out}")
+        return 0
+    from medpipe.cli.ship_cmds import EXIT_GATED  # one exit code for "gated" across the CLI
+
+    decision = read_gate_decision(out / GATE_NAME)
+    print(f"gate {'PASSED' if decision.passed else 'GATED'} ({decision.challenger}): {'; '.join(decision.reasons)}")
+    return 0 if decision.passed else EXIT_GATED
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -150,6 +156,8 @@ def register(subparsers, add_common) -> None:
                    "is refused, nothing in it is rewritten")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same data, settings "
                    "and code): finished stages are kept, training continues from last.pt")
+    p.add_argument("--ship", action="store_true", help="go on as the retrain DAG does: gate, export + publish to "
+                   "store.uri when the gate passed, and the run record (exit 3 when the gate did not pass)")
     add_common(p)
     p.set_defaults(func=_cmd_run)
 

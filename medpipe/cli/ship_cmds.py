@@ -1,4 +1,4 @@
-"""Shipping sub-commands: gate, export, score.
+"""Shipping sub-commands: gate, export, record, score.
 
 Exit codes: 0 success; 1 an error (message on stderr); 2 a bad config; 3 `gate` ran fine and the challenger
 did NOT pass (a decision, not a failure: gate.json says why).
@@ -15,7 +15,8 @@ from typing import Any
 from medpipe.cli import config_from_args
 from medpipe.run_folder import ONNX_NAME, PARITY_NAME, RunFolder
 from medpipe.score import score_folder
-from medpipe.stages import export, gate
+from medpipe.store import open_store
+from medpipe.stages import export, gate, run_stage
 
 __all__ = ["register", "EXIT_GATED"]
 
@@ -59,6 +60,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"parity on {parity['images']} val images: max |Δ| {parity['max_abs_diff']:.2g} "
           f"(allowed {parity['atol']:.2g}), argmax mismatches {parity['argmax_mismatches']}")
     print(f"publish with: medpipe publish --version-dir {out} --model-name {name} --version {version}")
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+
+    run, cfg = _open_run(args)
+    key = run_stage("record", run, cfg)
+    print(f"run record: {open_store(cfg.store).uri(key)} (copy: {run.run_record_copy_path})")
     return 0
 
 
@@ -110,6 +119,16 @@ def register(subparsers: Any, add_common: Any) -> None:
     p.add_argument("--version", help="version recorded in the model (default: UTC timestamp)")
     add_common(p)
     p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser(
+        "record", help="store the run's record (metrics, gate verdict, champion before/after) as runs/<id>/record.json",
+        description="The last stage of a run, after gate (and export/publish when it passed); `medpipe run --ship` "
+                    "runs it. A record is written once: again with the same content is a no-op, other content is "
+                    "refused.")
+    p.add_argument("--run", required=True, help="a `medpipe run` output folder whose gate has decided")
+    p.add_argument("--store", metavar="URI", help="model store to record the run in (default: store.uri)")
+    add_common(p)
+    p.set_defaults(func=_cmd_record)
 
     p = subparsers.add_parser(
         "score", help="score every image under a folder into a CSV with ONNX Runtime",

@@ -1,4 +1,4 @@
-"""The Models page: a FastAPI app that Airflow's API server mounts under /medpipe, behind Airflow's login.
+"""The Models page (and the Runs and Compare views, runs_view.py and compare_view.py): a FastAPI app that Airflow's API server mounts under /medpipe, behind Airflow's login.
 
 Plugin apps are not protected by Airflow on their own, so every route depends on `requires_authenticated()`
 (a Bearer token or the `_token` cookie the UI login sets). Without credentials an API client gets 401; a
@@ -22,7 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medpipe_plugin import settings
 from medpipe_plugin.catalog import artifact_key, check_segment, load_catalog, open_registry_store
+from medpipe_plugin.compare_view import add_compare_route
 from medpipe_plugin.pages import render_card, render_catalog, render_version
+from medpipe_plugin.runs_view import add_run_routes
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -161,5 +163,7 @@ def create_app() -> FastAPI:
     router.add_api_route("/models/{model_name}/{version}/card", _card_page, methods=["GET"],
                          response_class=HTMLResponse)
     router.add_api_route("/models/{model_name}/{version}/files/{name:path}", _version_file, methods=["GET"])
+    add_run_routes(router, _store, _root, URL_PREFIX)
+    add_compare_route(router, _store, _root)
     app.include_router(router)
     return app

@@ -130,6 +130,9 @@ def run_stage_task(stage: str, model: str | None = None, gpus: int = 1) -> Any:
         options["version"] = settings.model_version(context["run_id"], context["dag_run"].run_after)
     if gpus > 1:
         options["gpus"] = gpus
+    if stage == "record":  # the Runs view links each record to its Airflow run
+        context = get_current_context()
+        options.update(dag_id=context["dag_run"].dag_id, dag_run_id=context["run_id"])
     if model is not None and model not in cfg.models.names:
         raise AirflowSkipException(f"{model} is not in models.names {list(cfg.models.names)} of this run")
     try:

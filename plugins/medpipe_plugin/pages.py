@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import Catalog, VersionView
+from medpipe_plugin.metric_views import version_details
 
 __all__ = ["render_catalog", "render_card", "render_version"]
 
@@ -66,8 +67,18 @@ def _card_url(root: str, v: VersionView) -> str:
     return f"{_version_url(root, v)}/card"
 
 
-def _links(root: str, v: VersionView) -> str:
+def _compare_link(root: str, v: VersionView, champion: VersionView | None) -> list[str]:
+    """The compare page (compare_view.py) of the champion (a) and `v` (b); the segments are URL-quoted, so the '&'
+    needs no HTML escaping (and a link checker reads the URL as the browser does)."""
+    if champion is None or champion is v:
+        return []
+    return [f'<a href="{root}/compare?a={quote(champion.model_name)}/{quote(champion.version)}&b='
+            f'{quote(v.model_name)}/{quote(v.version)}">compare with champion</a>']
+
+
+def _links(root: str, v: VersionView, champion: VersionView | None = None) -> str:
     links = [f'<a href="{_card_url(root, v)}">model card</a>'] if "model_card.md" in v.files else []
+    links += _compare_link(root, v, champion)
     names = [("model.onnx", "ONNX"), ("model_card.md", "card (Markdown)"), ("metrics.json", "metrics.json"),
              ("parity.json", "parity.json")]
     links += [f'<a href="{_file_url(root, v, n)}">{label}</a>' for n, label in names if n in v.files]
@@ -97,7 +108,7 @@ def _plots(root: str, v: VersionView, kinds: tuple[str, ...] | None) -> str:
                    f'src="{_file_url(root, v, p)}"></a>' for p in chosen)
 
 
-def _version_row(root: str, v: VersionView, split: str) -> str:
+def _version_row(root: str, v: VersionView, split: str, champion_view: VersionView | None = None) -> str:
     m = v.split_metrics(split)
     recall_cancer = ((m.get("per_class") or {}).get("cancer") or {}).get("recall")
     champion = ' <span class="badge champion">champion</span>' if v.is_champion else ""
@@ -106,7 +117,7 @@ def _version_row(root: str, v: VersionView, split: str) -> str:
     return (f'<tr id="{escape(v.model_name)}-{escape(v.version)}"><td><a href="{_version_url(root, v)}">'
             f"{escape(v.model_name)}<br>{escape(v.version)}</a>{champion}{problems}</td>"
             f"<td>{_fmt(v.published_at)}</td>{cells}<td class=num>{_fmt(recall_cancer)}</td>"
-            f"<td>{_gate_cell(v)}</td><td>{_links(root, v)}</td><td class=plots>{_plots(root, v, _PLOT_KINDS)}</td></tr>")
+            f"<td>{_gate_cell(v)}</td><td>{_links(root, v, champion_view)}</td><td class=plots>{_plots(root, v, _PLOT_KINDS)}</td></tr>")
 
 
 def _champion_summary(catalog: Catalog, root: str) -> str:
@@ -124,12 +135,14 @@ def _champion_summary(catalog: Catalog, root: str) -> str:
 def render_catalog(catalog: Catalog, root: str, split: str = "val") -> str:
     """The overview: champion, then every version with metrics, gate result, links and plots."""
     header = "".join(f"<th>{escape(k)} ({escape(split)})</th>" for k in HEADLINE_METRICS)
-    rows = "".join(_version_row(root, v, split) for v in catalog.versions)
+    champion = next((v for v in catalog.versions if v.is_champion), None)
+    rows = "".join(_version_row(root, v, split, champion) for v in catalog.versions)
     problems = "".join(f'<li class="problem">{escape(p)}</li>' for p in catalog.problems)
     table = (f"<table><thead><tr><th>model / version</th><th>published</th>{header}<th>recall cancer ({escape(split)})</th>"
              f"<th>gate</th><th>files</th><th>plots ({escape(split)})</th></tr></thead><tbody>{rows}</tbody>"
              "</table>") if catalog.versions else "<p>No published versions.</p>"
-    body = (f"<h1>Models</h1><p class=muted>Registry {escape(catalog.store_uri)} · "
+    body = (f'<p><a href="{root}/runs">Runs</a> (every retraining run, its verdict and the trend)</p>'
+            f"<h1>Models</h1><p class=muted>Registry {escape(catalog.store_uri)} · "
             f"{len(catalog.versions)} version(s)</p>{_champion_summary(catalog, root)}{table}"
             + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else ""))
     return _page("medpipe models", body)
@@ -160,6 +173,6 @@ def render_version(catalog: Catalog, v: VersionView, root: str) -> str:
             f'{champion}</h1><p class="muted">published {_fmt(v.published_at)}</p>'
             + (f"<ul>{problems}</ul>" if problems else "")
             + f"<h2>Gate</h2>{_gate_cell(v)}"
-            + "".join(_metrics_table(v, s) for s in v.splits)
+            + "".join(_metrics_table(v, s) + version_details(s, v.split_metrics(s)) for s in v.splits)
             + f"<h2>Plots</h2>{_plots(root, v, None) or '<p>none</p>'}<h2>Files</h2><ul>{files}</ul>")
     return _page(f"medpipe {v.model_name} {v.version}", body)

@@ -20,7 +20,7 @@ RETRAIN_EDGES = {
     ("train_custom_cnn", "evaluate_custom_cnn"), ("train_resnet18", "evaluate_resnet18"),
     ("evaluate_custom_cnn", "ensemble"), ("evaluate_resnet18", "ensemble"), ("ensemble", "summarize"),
     ("summarize", "gate"),
-    ("gate", "gate_passed"), ("gate_passed", "export"), ("export", "publish"),
+    ("gate", "gate_passed"), ("gate_passed", "export"), ("export", "publish"), ("publish", "record"),
 }
 MODELS = ("custom_cnn", "resnet18")
 
@@ -57,6 +57,9 @@ def test_retrain_dependencies(dagbag) -> None:
     assert "train_resnet18" not in dag.get_task("train_custom_cnn").get_flat_relative_ids(upstream=True)
     assert "train_custom_cnn" not in dag.get_task("train_resnet18").get_flat_relative_ids(upstream=True)
     assert dag.get_task("gate_passed").task_type in ("_ShortCircuitDecoratedOperator", "ShortCircuitOperator")
+    # A rejected challenger skips export and publish, but its run is still recorded.
+    assert dag.get_task("gate_passed").ignore_downstream_trigger_rules is False
+    assert dag.get_task("record").trigger_rule == "none_failed"
     assert dag.schedule == "@weekly" and dag.max_active_runs == 1
 
 

@@ -1,10 +1,10 @@
 """The DAGs end to end with `dag.test()`: real Airflow, real training on tiny images, a real S3 server on loopback.
 
 One scenario, in order, because each step needs the state the previous one left in the store:
-1. a first retraining run publishes a champion, the ensemble (gate.candidates), and the publish task carries the
-   "Model page" link;
+1. a first retraining run publishes a champion, the ensemble (gate.candidates), the publish task carries the
+   "Model page" link, and the run is recorded (runs/<run_id>/record.json);
 2. a second run trains with learning rate 0 (untrained models): the gate fails, export and publish are
-   skipped, and the champion stays what it was;
+   skipped, the champion stays what it was, and the rejected run is recorded with the gate's reasons;
 3. the scoring DAG scores a folder with that champion and uploads predictions + errors to the store.
 """
 
@@ -115,6 +115,7 @@ def no_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champion(
         no_retries, s3_server, tmp_path: Path) -> None:
     from medpipe.registry import list_versions, read_champion
+    from medpipe.run_record import list_run_records
     from medpipe.store import open_store
     from medpipe_plugin.settings import run_folder_name
 
@@ -141,6 +142,10 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
     stored = {k.removeprefix(version_prefix) for k in store.list(version_prefix)}
     assert {"model.onnx", "metrics.json", "gate.json", "model_card.md", "config.yaml", "manifest.json"} <= stored
     assert any(name.startswith("plots/") and name.endswith("_roc.png") for name in stored)
+    [first_record] = list_run_records(store)[0]
+    assert (first_record.status, first_record.dag_id, first_record.dag_run_id) == ("passed", "medpipe_retrain",
+                                                                                   first.run_id)
+    assert first_record.published == first_record.champion_after == {k: champion[k] for k in ("model_name", "version")}
 
     worse = dags["medpipe_retrain"].test(run_conf={**conf, "overrides": conf["overrides"] + UNTRAINED})
     states = _states(worse)
@@ -153,6 +158,11 @@ def test_retrain_publishes_then_gates_a_worse_model_and_scoring_uses_the_champio
     assert any(check["name"] == "not_worse_than_champion" for check in decision["checks"])
     assert read_champion(store) == champion
     assert len(list_versions(store)) == 1
+    assert states["record"] == "success"  # a rejected run is recorded too
+    newest, older = list_run_records(store)[0]
+    assert older == first_record and newest.status == "rejected" and newest.published is None
+    assert newest.gate["reasons"] == decision["reasons"] and newest.dag_run_id == worse.run_id
+    assert newest.champion_before == newest.champion_after == first_record.champion_after
 
     inbox = write_dataset(tmp_path / "inbox", per_class={"val": 2}, splits=("val",), size=32, seed=7)
     (inbox / "val" / "broken.png").write_bytes(b"not a png")
@@ -191,8 +201,8 @@ def _relative_files(root: Path) -> set[str]:
 
 
 def test_the_dag_and_the_cli_make_the_same_run_folder(no_retries, tmp_path: Path) -> None:
-    """One stage list behind both: `medpipe run` + `gate` + `export` and a DAG run on the same data and settings
-    write the same files (relative paths) and equal summaries."""
+    """One stage list behind both: `medpipe run --ship` and a DAG run on the same data and settings write the same
+    files (relative paths: every stage's timing, the export, the run record) and equal summaries."""
     from medpipe.cli import main
     from medpipe_plugin.settings import run_folder_name
 
@@ -207,14 +217,17 @@ def test_the_dag_and_the_cli_make_the_same_run_folder(no_retries, tmp_path: Path
 
     cli_folder = tmp_path / "cli-run"
     sets = [arg for setting in [*settings, f"data.cache_dir={tmp_path / 'cli-cache'}"] for arg in ("--set", setting)]
-    assert main(["run", "--data", str(data), "--out", str(cli_folder), *sets]) == 0
-    assert main(["gate", "--run", str(cli_folder), "--store", str(tmp_path / "cli-store"), *sets]) == 0
-    assert main(["export", "--run", str(cli_folder), *sets]) == 0
+    cli_store = ["--set", f"store.uri={tmp_path / 'cli-store'}"]
+    assert main(["run", "--ship", "--data", str(data), "--out", str(cli_folder), *sets, *cli_store]) == 0
 
     assert _relative_files(dag_folder) == _relative_files(cli_folder)
     dag_summary = json.loads((dag_folder / "summary.json").read_text())
     assert dag_summary == json.loads((cli_folder / "summary.json").read_text())
     assert set(dag_summary["models"]) == {"custom_cnn", "resnet18", "ensemble"}
+    dag_record, cli_record = (json.loads((f / "record.json").read_text()) for f in (dag_folder, cli_folder))
+    assert dag_record["stage_seconds"].keys() == cli_record["stage_seconds"].keys()
+    assert (dag_record["dag_id"], cli_record["dag_id"]) == ("medpipe_retrain", None)
+    assert dag_record["models"] == cli_record["models"] and dag_record["status"] == cli_record["status"] == "passed"
 
 
 def test_the_inbox_dag_scores_each_complete_batch_once(no_retries, trained_run, tmp_path: Path) -> None:  # noqa: F811

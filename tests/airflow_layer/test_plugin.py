@@ -2,6 +2,8 @@
 
 The registry is published with `medpipe.registry.publish_version` into a local store: one champion that
 passed the gate, and one older version whose gate record failed (with reasons holding HTML, to prove escaping).
+Beside them, two run records (medpipe.run_record): the run that published the champion, and a newer run from
+Airflow whose challenger the gate rejected, for the Runs view, its trend chart and the compare page.
 The browser test of the same page is in test_e2e_standalone.py.
 """
 
@@ -30,16 +32,21 @@ def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
                          "f1_weighted": 0.17, "f1_macro": 0.17, "macro_auc": 0.5}}
 
 
-def _version_folder(root: Path, model: str, accuracy: float, auc: float | None, gate: dict[str, Any]) -> Path:
+def _version_folder(root: Path, model: str, accuracy: float, auc: float | None, gate: dict[str, Any],
+                    image_size: int = 32) -> Path:
     folder = root / model
     (folder / "plots").mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"\x08\x07onnx-bytes-of-" + model.encode())
-    metrics = {"model": model, "classes": CLASSES, "manifest_hash": "abc", "splits": {"val": _split_metrics(accuracy, auc)}}
+    split = _split_metrics(accuracy, auc)
+    split["calibration"] = {"brier": 0.41, "brier_prevalence": 0.66, "ece": 0.12, "ece_bins": 10,
+                            "per_class": {c: {"mean_probability": 0.3, "prevalence": 0.33} for c in CLASSES}}
+    split["pairwise_auc"] = {"normal_vs_benign": 0.71, "normal_vs_cancer": 0.93, "benign_vs_cancer": 0.62}
+    metrics = {"model": model, "classes": CLASSES, "manifest_hash": "abc", "splits": {"val": split}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "gate.json").write_text(json.dumps(gate))
     (folder / "model_card.md").write_text(f"# {model}\n\n<script>alert(1)</script>\n\n| metric | value |\n|---|---|\n"
                                           "| macro AUC | 0.9 |\n\n![ROC curves](plots/val_roc.png)\n")
-    (folder / "config.yaml").write_text("data:\n  image_size: 32\n")
+    (folder / "config.yaml").write_text(f"data:\n  image_size: {image_size}\n  classes: [normal, benign, cancer]\n")
     for kind in ("val_confusion", "val_roc"):
         Image.fromarray(np.full((8, 8), 200, np.uint8)).save(folder / "plots" / f"{kind}.png")
     return folder
@@ -56,12 +63,45 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     failed_gate = {"passed": False, "challenger": "custom_cnn",
                    "reasons": ["macro_auc 0.61 < minimum 0.8", "<b>not</b> better than the baseline"]}
     passed_gate = {"passed": True, "challenger": "resnet18", "reasons": ["resnet18 passed all 4 checks"]}
-    publish_version(store, _version_folder(root, "custom_cnn", 0.5, 0.61, failed_gate), "custom_cnn",
+    publish_version(store, _version_folder(root, "custom_cnn", 0.5, 0.61, failed_gate, image_size=48), "custom_cnn",
                     "20260101T000000-aaaaaa", make_champion=False)
     publish_version(store, _version_folder(root, "resnet18", 0.875, None, passed_gate), "resnet18",
                     "20260108T000000-bbbbbb")
     store.put_bytes("models/custom_cnn/damaged-1/metrics.json", b"{not json")  # an upload that died half-way
+    _write_run_records(store)
     return {"store_uri": str(root / "store"), "store": store}
+
+
+CHAMPION = {"model_name": "resnet18", "version": "20260108T000000-bbbbbb"}
+REJECTED_RUN, PASSED_RUN = "manual__2026-01-15T03_00_00_00_00-1a2b3c4d", "20260108T000000Z-5e6f7a8b"
+DAG_RUN_ID = "manual__2026-01-15T03:00:00+00:00"
+
+
+def _write_run_records(store) -> None:
+    """Two runs as the record stage writes them: the one that published the champion (from the CLI), and a newer
+    one from the DAG whose challenger the gate rejected (with HTML in a reason)."""
+    from medpipe.contracts import RunRecord
+    from medpipe.run_record import write_run_record
+
+    def models(auc: float) -> dict[str, Any]:
+        entry = {"macro_auc": {"value": auc, "interval": [auc - 0.08, auc + 0.04]},
+                 "balanced_accuracy": {"value": 0.6, "interval": None}}
+        return {name: {"device": "cpu", "splits": {"val": entry}} for name in ("custom_cnn", "resnet18")}
+
+    common = {"split": "val", "primary_metric": "macro_auc", "medpipe_version": "0.1.0", "code_commit": "abc123",
+              "data_manifest_hash": "d" * 64, "config_hash": "c" * 64, "stage_seconds": {"start": 0.5, "gate": 2.0},
+              "hardware": {"cpu_count": 2, "device_kind": "cpu", "gpus": []}}
+    write_run_record(store, RunRecord(
+        run_id=PASSED_RUN, started_at="2026-01-08T00:00:00+00:00", finished_at="2026-01-08T00:10:00+00:00",
+        status="passed", models=models(0.9), champion_before=None, champion_after=CHAMPION, published=CHAMPION,
+        gate={"passed": True, "challenger": "resnet18", "reasons": ["resnet18 passed all 4 checks"],
+              "champion_metric": None}, **common))
+    write_run_record(store, RunRecord(
+        run_id=REJECTED_RUN, started_at="2026-01-15T03:00:00+00:00", finished_at="2026-01-15T03:20:00+00:00",
+        status="rejected", models=models(0.7), champion_before=CHAMPION, champion_after=CHAMPION, published=None,
+        dag_id="medpipe_retrain", dag_run_id=DAG_RUN_ID,
+        gate={"passed": False, "challenger": "custom_cnn", "champion_metric": 0.88,
+              "reasons": ["macro_auc 0.70 < champion 0.88 - 0.01", "<i>collapsed</i> model"]}, **common))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +150,7 @@ def test_overview_lists_versions_champion_metrics_gate_and_links(client, auth) -
     assert "—" in champion_row  # macro_auc null is shown as undefined, not as a number
     other_row = page[page.index('id="custom_cnn-20260101T000000-aaaaaa"'):]
     other_row = other_row[:other_row.index("</tr>")]
-    assert "champion" not in other_row and "failed" in other_row and "0.610" in other_row
+    assert "badge champion" not in other_row and "failed" in other_row and "0.610" in other_row
     # The 95 % intervals under the figures (macro AUC and balanced accuracy of custom_cnn: 0.61, 0.5 - 0.1).
     assert f"{0.61 - 0.1:.2f}–{0.61 + 0.05:.2f}" in other_row and f"{0.5 - 0.25:.2f}–{0.5 + 0.05:.2f}" in other_row
     assert champion_row.count("95 % interval") == 1  # balanced accuracy only: its macro AUC is undefined
@@ -176,6 +216,8 @@ def test_plugin_is_registered_with_its_nav_entry(client, auth) -> None:
     view = ours["external_views"][0]
     assert (view["name"], view["href"], view["category"], view["url_route"]) == (
         "Models", "/medpipe/models", "browse", "medpipe-models")
+    runs = ours["external_views"][1]
+    assert (runs["name"], runs["href"], runs["url_route"]) == ("Runs", "/medpipe/runs", "medpipe-runs")
     assert client.get("/api/v2/importErrors", headers=auth).json()["total_entries"] == 0
 
 
@@ -221,4 +263,54 @@ def test_every_link_on_every_page_answers_200(client, auth) -> None:
                 seen.add(target)
                 queue.append(target)
     assert any(u.endswith("/card") for u in seen) and any(u.endswith(".png") for u in seen)
+    assert {"/medpipe/runs", f"/medpipe/runs/{REJECTED_RUN}", f"/medpipe/runs/{PASSED_RUN}"} <= seen
+    assert any(u.startswith("/medpipe/compare?a=resnet18/") for u in seen)
     assert len(seen) > 10
+
+
+def test_runs_view_lists_runs_newest_first_with_verdict_reasons_and_links(client, auth) -> None:
+    assert client.get("/medpipe/runs", headers={"Accept": "application/json"}).status_code == 401
+    assert 'href="/medpipe/runs"' in client.get("/medpipe/models", headers=auth).text  # linked from the Models page
+    page = client.get("/medpipe/runs", headers=auth)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    text = page.text
+    assert text.index(f'id="run-{REJECTED_RUN}"') < text.index(f'id="run-{PASSED_RUN}"')  # newest first
+    rejected = text[text.index(f'id="run-{REJECTED_RUN}"'):]
+    rejected = rejected[:rejected.index("</tr>")]
+    assert "rejected" in rejected and "macro_auc 0.70 &lt; champion 0.88 - 0.01" in rejected
+    assert "&lt;i&gt;collapsed&lt;/i&gt;" in rejected and "<i>collapsed" not in text
+    assert "custom_cnn" in rejected and "0.700" in rejected and "[0.620–0.740]" in rejected
+    assert rejected.count('href="/medpipe/models/resnet18/20260108T000000-bbbbbb"') == 2  # champion before → after
+    assert 'target="_top" href="/dags/medpipe_retrain/runs/manual__2026-01-15T03%3A00%3A00%2B00%3A00"' in rejected
+    assert f'href="/medpipe/runs/{REJECTED_RUN}"' in rejected
+    assert "<svg" in text and "<script" not in text and text.count("<circle") >= 3  # 2 challengers + champion
+
+
+def test_run_detail_page_shows_every_model(client, auth) -> None:
+    page = client.get(f"/medpipe/runs/{REJECTED_RUN}", headers=auth)
+    assert page.status_code == 200
+    assert "custom_cnn" in page.text and "resnet18" in page.text and "0.880" in page.text
+    assert "d" * 64 in page.text and "2 CPUs, cpu" in page.text
+    assert client.get("/medpipe/runs/%2E%2E", headers=auth).status_code == 400
+    assert client.get("/medpipe/runs/no-such-run", headers=auth).status_code == 404
+
+
+def test_version_page_shows_intervals_calibration_and_pairwise_auc(client, auth) -> None:
+    page = client.get("/medpipe/models/custom_cnn/20260101T000000-aaaaaa", headers=auth).text
+    assert "[0.510–0.660]" in page and "Brier score 0.410" in page and "normal vs cancer" in page
+
+
+def test_compare_page_shows_metrics_no_invented_paired_difference_and_the_config_diff(client, auth) -> None:
+    url = "/medpipe/compare?a=resnet18/20260108T000000-bbbbbb&b=custom_cnn/20260101T000000-aaaaaa"
+    assert client.get(url, headers={"Accept": "application/json"}).status_code == 401
+    overview = client.get("/medpipe/models", headers=auth).text
+    assert f'href="{url}"' in overview  # "compare with champion" on the other version's row
+    page = client.get(url, headers=auth)
+    assert page.status_code == 200
+    assert "b − a" in page.text and "-0.375" in page.text  # accuracy 0.5 - 0.875
+    assert "No paired difference" in page.text and "per-image predictions" in page.text
+    diff = page.text[page.text.index("Config (differing keys)"):]
+    assert "data.image_size" in diff and "32" in diff and "48" in diff and "data.classes" not in diff
+    for bad, status in (("a=resnet18&b=custom_cnn/x", 400), ("a=../x&b=custom_cnn/x", 400), ("b=custom_cnn/x", 400),
+                        ("a=resnet18/nope&b=custom_cnn/20260101T000000-aaaaaa", 404)):
+        assert client.get(f"/medpipe/compare?{bad}", headers=auth).status_code == status, bad
