@@ -27,5 +27,12 @@ class MedpipeRegistryPlugin(AirflowPlugin):
             "destination": "nav",
             "category": "browse",
             "url_route": "medpipe-models",
-        }
+        },
+        {  # the inbox's scored batches and their drift (medpipe_plugin.scoring_view)
+            "name": "Scoring",
+            "href": f"{URL_PREFIX}/scoring",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "medpipe-scoring",
+        },
     ]

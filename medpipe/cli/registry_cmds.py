@@ -51,7 +51,11 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     publish.add_argument("--model-name", help="e.g. resnet18 (default: model_name in model.onnx's metadata)")
     publish.add_argument("--version", help="version name (default: version in model.onnx's metadata, else a UTC "
                                            "timestamp like 20261126T153000Z)")
-    publish.add_argument("--no-champion", action="store_true", help="do not point champion.json at this version")
+    champion = publish.add_mutually_exclusive_group()
+    champion.add_argument("--no-champion", action="store_true", help="do not point champion.json at this version")
+    champion.add_argument("--promote", action="store_true",
+                          help="make it champion even without a passed gate verdict in its gate.json (recorded in "
+                               "champion.json as a manual promotion); without it such a version is published only")
     _add_store_option(publish, add_common)
     publish.set_defaults(func=cmd_publish)
 
@@ -115,12 +119,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         model_name, version = _publish_identity(args)
         store = _open(args)
-        result = publish_version(store, args.version_dir, model_name, version, make_champion=not args.no_champion)
+        result = publish_version(store, args.version_dir, model_name, version, make_champion=not args.no_champion,
+                                 promote=args.promote)
     except _ERRORS as exc:
         return _fail(exc)
     print(f"{result['status']}: {model_name}/{version} -> {result['uri']}")
     print(f"  {len(result['uploaded'])} file(s) uploaded, {len(result['skipped'])} already there")
-    print(f"  champion: {'now ' + model_name + '/' + version if result['champion_updated'] else 'unchanged'}")
+    print(f"  gate: {'passed' if result['gate_passed'] else 'NOT passed'} ({result['gate_reason']})")
+    if result["champion_updated"]:
+        how = " by MANUAL promotion (--promote), without a passed gate" if result["promotion"] == "manual" else ""
+        print(f"  champion: now {model_name}/{version}{how}")
+    elif result["champion_reason"] and not args.no_champion:
+        print(f"  champion: unchanged. {result['champion_reason']}:\n"
+              f"    medpipe publish --version-dir {args.version_dir} --model-name {model_name} --version {version} "
+              "--promote", file=sys.stderr)
+    else:
+        print("  champion: unchanged")
     return 0
 
 

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from medpipe_plugin import settings
 from medpipe_plugin.catalog import artifact_key, check_segment, load_catalog, open_registry_store
 from medpipe_plugin.pages import render_card, render_catalog, render_version
+from medpipe_plugin.scoring_view import add_scoring_routes
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -161,5 +162,6 @@ def create_app() -> FastAPI:
     router.add_api_route("/models/{model_name}/{version}/card", _card_page, methods=["GET"],
                          response_class=HTMLResponse)
     router.add_api_route("/models/{model_name}/{version}/files/{name:path}", _version_file, methods=["GET"])
+    add_scoring_routes(router, _store)  # /scoring: the inbox's scored batches (scoring_view.py)
     app.include_router(router)
     return app
