@@ -79,6 +79,10 @@ def test_publish_without_a_gate_is_not_champion_until_promoted(ungated, tmp_path
     assert (champion["model_name"], champion["version"]) == ("custom_cnn", "v1")
     assert champion["promotion"] == "manual" and champion["promoted_without_gate"] is True
     assert "--promote" in champion["promotion_reason"] and "gate.json does not exist" in champion["promotion_reason"]
+    assert cli_main(["models", "show", "--store", str(store_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "custom_cnn/v1  (champion)" in shown and "gate:         NOT passed" in shown
+    assert "champion by MANUAL promotion, no passed gate" in shown
 
 
 def test_another_models_verdict_does_not_promote(trained_run, passed_gate, tmp_path, capsys):  # noqa: F811

@@ -24,6 +24,7 @@ from medpipe.registry import (
     list_versions,
     new_version_name,
     publish_version,
+    read_champion,
     show_version,
 )
 from medpipe.store import Store, StoreError, open_store
@@ -176,7 +177,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_show(args: argparse.Namespace) -> int:
     """``medpipe models show [REF]``: files with sha256 and size, headline metrics, champion flag."""
     try:
-        info = show_version(_open(args), args.ref)
+        store = _open(args)
+        info = show_version(store, args.ref)
+        champion = read_champion(store) if info["is_champion"] else None
     except _ERRORS as exc:
         return _fail(exc)
     if args.json:
@@ -185,6 +188,11 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     print(f"{info['model_name']}/{info['version']}{'  (champion)' if info['is_champion'] else ''}")
     print(f"  uri:          {info['uri']}")
     print(f"  published_at: {info['published_at']}")
+    verdict = info.get("gate_verdict")  # versions published before the promotion rule have none
+    if verdict:
+        print(f"  gate:         {'passed' if verdict['passed'] else 'NOT passed'} ({verdict['reason']})")
+    if champion and champion.get("promotion") == "manual":
+        print(f"  champion by MANUAL promotion, no passed gate: {champion.get('promotion_reason')}")
     for split, values in sorted(info.get("metrics", {}).items()):
         print(f"  {split}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
     print("  files:")
