@@ -74,10 +74,10 @@ def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
     cfg = load_run_config(config_path)
     store = open_store(cfg.store)
     work = run_dir() / "batches" / item["batch"]
-    onnx_path, _ = resolve_model(store, f"{item['model_name']}/{item['version']}", work / "model")
+    onnx_path, source = resolve_model(store, f"{item['model_name']}/{item['version']}", work / "model")
     inbox = open_inbox(get_current_context()["params"]["inbox"], cfg.store)
     result = _score_batch(inbox, item["batch"], onnx_path, item["model_name"], item["version"], store, cfg, work,
-                          reference=read_reference(store, item["model_name"], item["version"]))
+                          reference=read_reference(store, item["model_name"], item["version"]), registry_source=source)
     drift = result.summary.get("drift") or {}
     if drift.get("drifted") and cfg.score.fail_on_drift:  # the outputs are kept; the failure is the alarm
         raise AirflowFailException(f"batch {result.batch} drifted from the training data: PSI {drift['psi']} over "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import json
 import logging
 import shutil
@@ -143,11 +144,14 @@ def _batch_profile(predictions_csv: Path, images_dir: Path, onnx_path: str | Pat
 
 
 def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str, version: str, store: Store,
-                cfg: Config, work_dir: str | Path, reference: dict[str, Any] | None = None) -> ScoredBatch:
+                cfg: Config, work_dir: str | Path, reference: dict[str, Any] | None = None,
+                registry_source: dict[str, Any] | None = None) -> ScoredBatch:
     """Score one complete batch with the given model and put its outputs into the store (predictions.csv last).
 
     `reference`: the model's training reference (its published reference.json), for the batch's drift; a batch
     over the threshold is flagged in its summary.json and in the log.
+    `registry_source`: `resolve_model`'s info for `onnx_path`; without it the batch is scored as by an unverified
+    model file (summary.json `verified: false`, medpipe.model_trust).
 
     Idempotent: a batch this version scored is returned as recorded; a retried task keeps the rows its failed try
     wrote in `work_dir` (score_folder's resume) and scores only the rest.
@@ -161,9 +165,13 @@ def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str
     work_dir = Path(work_dir)
     images = _fetch(inbox, batch, work_dir / "images")
     output = work_dir / _PREDICTIONS
-    summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,))
+    summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,),
+                           registry_source=registry_source)
+    # scored_at: when the batch's outputs were made, so a listing (the Scoring page) can show the newest first.
     record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
-              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")},
+              "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds", "verified",
+                                         "verification")},
               **_batch_profile(output, images, onnx_path, cfg, reference)}
     if record["drift"].get("drifted"):
         _logger.warning("batch %s DRIFTED from the training data (PSI > %s): %s", batch, record["drift"]["threshold"],

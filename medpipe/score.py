@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from medpipe.config import Config
 from medpipe.data.layout import excluded_by
-from medpipe.fileio import atomic_output, sha256_file
+from medpipe.fileio import atomic_output
+from medpipe.model_trust import local_source, verification
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
 from medpipe.priors import apply_prior_correction, deployment_correction, read_output_prior
@@ -86,13 +87,14 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = (),
     return images, errors
 
 
-def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path) -> tuple[Path, dict[str, Any]]:
+def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path,
+             registry_source: dict[str, Any] | None) -> tuple[Path, dict[str, Any]]:
     """A local .onnx file (or a folder holding model.onnx) as is; anything else through the registry."""
     path = Path(model_ref)
     if path.is_dir() and (path / "model.onnx").is_file():
         path = path / "model.onnx"
     if path.is_file():
-        return path, {"source": "local", "path": str(path), "sha256": sha256_file(path)}
+        return path, local_source(path, registry_source)
     if str(model_ref).endswith(".onnx"):
         raise FileNotFoundError(f"model file {model_ref} does not exist")
     # resolve_model verifies the download against the published sha256 and raises IntegrityError otherwise.
@@ -231,12 +233,14 @@ def _risk_factors(info: Any, prevalence: list[float] | None,
 
 
 def _header(classes: list[str], corrected: bool) -> list[str]:
-    """The CSV columns; model_version stays last (`_read_existing` reads it there)."""
+    """The CSV columns; model_version stays last (`_read_existing` reads it there). model_verified: whether the
+    model's bytes were checked against the registry (medpipe.model_trust), on every row so no row travels without
+    it."""
     risks = [f"risk_{c}" for c in classes] if corrected else []
-    return ["path", "predicted", *(f"prob_{c}" for c in classes), *risks, "model_version"]
+    return ["path", "predicted", *(f"prob_{c}" for c in classes), *risks, "model_verified", "model_version"]
 
 
-def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size: int, version: str,
+def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size: int, labels: tuple[str, str],
                  rows: list[list[str]], errors: list[tuple[str, str]], classes: list[str],
                  factors: list[float] | None, preprocessing: dict[str, bool]) -> None:
     """Append one row per scored image to `rows` and one entry per failure to `errors`, in place.
@@ -259,13 +263,13 @@ def _score_files(session: Any, files: list[tuple[str, Path]], cfg: Config, size:
                 risks = apply_prior_correction(probs, factors) if factors is not None else np.empty((len(good), 0))
                 for (rel, _), p, r in zip(good, probs, risks):
                     rows.append([rel, classes[int(np.argmax(p))], *(f"{v:.6f}" for v in p),
-                                 *(f"{v:.6f}" for v in r), version])
+                                 *(f"{v:.6f}" for v in r), *labels])
             bar.update(len(batch))
 
 
 def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_csv: str | Path, cfg: Config,
                  store: Any = None, resume: bool = False, overwrite: bool = False,
-                 markers: Sequence[str] = ()) -> dict[str, Any]:
+                 markers: Sequence[str] = (), registry_source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every image under `input_dir` with an ONNX model; one CSV row per image.
 
     Args:
@@ -273,22 +277,25 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
             file (or a folder holding model.onnx).
         input_dir: scanned recursively; paths in the CSV are relative to it.
         output_csv: columns path, predicted, prob_<class>..., then risk_<class>... when the model carries a prior
-            correction, then model_version. Must not be inside input_dir.
+            correction, then model_verified ("true"/"false") and model_version. Must not be inside input_dir.
         cfg: the config (score.batch_size, score.decode_workers, score.provider, data.max_pixels, store).
         store: the model store; default `open_store(cfg.store)` when a store reference is given.
         resume: keep the rows of an existing output and score only the files it lacks.
         overwrite: replace an existing output.
         markers: file names at the top of `input_dir` that are signals, not inputs (medpipe.inbox's _READY).
+        registry_source: for a local file the caller resolved from the store, `resolve_model`'s info: the run is
+            verified when the file's sha256 is the recorded one. Any other local file is scored, unverified.
 
     Returns:
         Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
         errors, dropped (rows of an earlier output dropped on resume: their files are gone or now refused),
-        seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them).
+        seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them),
+        verified and verification (medpipe.model_trust: whether the model's sha256 was checked by the registry, why).
     """
     input_dir, output_csv = Path(input_dir), Path(output_csv)
     _check_paths(input_dir, output_csv, resume, overwrite)
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:
-        onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp))
+        onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp), registry_source)
         session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
     info = read_model_info(session, source.get("uri", onnx_path))
     try:  # the model's own preprocessing (version + options), so its pixels are the ones it was evaluated on
@@ -297,6 +304,9 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
         raise ScoreError(f"model {model_ref_or_path}: trained on pixels whose {exc}; its predictions would not "
                          "match its evaluation; score with the medpipe release it came from") from None
     version = str(source.get("version") or info.version or "unversioned")
+    trust = verification(source, version)
+    if not trust["verified"]:
+        _logger.warning("UNVERIFIED model: %s; every row says model_verified=false", trust["reason"])
     factors, risk_prevalence = _risk_factors(info, cfg.score.prevalence, model_ref_or_path)
     header = _header(info.classes, factors is not None)
     earlier = _read_existing(output_csv, header, version) if resume and output_csv.exists() else []
@@ -309,7 +319,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     try:
-        _score_files(session, todo, cfg, info.input_size, version, rows, errors, info.classes, factors, options)
+        _score_files(session, todo, cfg, info.input_size, (str(trust["verified"]).lower(), version), rows, errors,
+                     info.classes, factors, options)
     except BaseException:
         # Interrupted: keep what was scored (with the kept rows) so --resume continues, unless that would
         # replace an output the caller asked to overwrite only once scoring completes.
@@ -328,7 +339,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
                "files": len(found), "scored": scored, "kept": kept,
                "errors": len(errors), "dropped": len(earlier) - kept, "seconds": round(seconds, 3),
                "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
-               "prior_correction": factors, "risk_prevalence": risk_prevalence}
+               "prior_correction": factors, "risk_prevalence": risk_prevalence, "verified": trust["verified"],
+               "verification": trust["reason"]}
     _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
                  len(errors), version, summary["provider"], seconds)
     return summary

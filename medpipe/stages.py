@@ -264,13 +264,15 @@ def _write_drift_reference(cache_dir: Path, eval_dir: Path, name: str, out: Path
         _logger.warning("%s ships without a drift reference: %s", name, exc)
 
 
-def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None) -> dict[str, Any]:
-    """Upload the release to cfg.store as models/<name>/<version>/ and move the champion pointer (last)."""
+def publish(run: RunFolder, cfg: Config, release: dict[str, str] | None = None,
+            promote: bool = False) -> dict[str, Any]:
+    """Upload the release to cfg.store as models/<name>/<version>/ and move the champion pointer (last) when the
+    release's gate.json passed that model, or with `promote` (medpipe.registry.promotion)."""
     release = release or read_release(run.release_dir)
     if release is None:
         raise FileNotFoundError(f"{run.release_dir} holds no export: run `medpipe export --run {run.root}` first")
     return publish_version(open_store(cfg.store), Path(release["version_dir"]), release["model_name"],
-                           release["version"])
+                           release["version"], promote=promote)
 
 
 def record(run: RunFolder, cfg: Config, dag_id: str | None = None, dag_run_id: str | None = None) -> str:

@@ -36,4 +36,11 @@ class MedpipeRegistryPlugin(AirflowPlugin):
             "category": "browse",
             "url_route": "medpipe-runs",
         },
+        {  # the inbox's scored batches and their drift (medpipe_plugin.scoring_view)
+            "name": "Scoring",
+            "href": f"{URL_PREFIX}/scoring",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "medpipe-scoring",
+        },
     ]

@@ -22,7 +22,11 @@ export AIRFLOW_HOME="${MEDPIPE_DEMO_HOME:-$REPO/.airflow-demo}"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_FOLDER="$REPO/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$REPO/plugins"
-export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-WARNING}"
+# INFO, so the task logs the UI shows hold medpipe's lines (the gate's reasons); airflow_logged_runs.sh says how
+# the runs get task logs at all.
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+# At most two tasks at once: the executor's worker processes then stay under 1 GB on a 2-core machine.
+export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-2}"
 export MEDPIPE_STORE_URI="$AIRFLOW_HOME/medpipe/store"
 export MEDPIPE_WORK_ROOT="$AIRFLOW_HOME/medpipe/work"
 # A demo failure should show at once, not after minutes of exponential-backoff retries.
@@ -40,11 +44,15 @@ DEMO_OVERRIDES=("gate.min_metrics={macro_auc: 0.0}" "gate.must_beat_baseline=fal
 read -r -a EXTRA <<< "${MEDPIPE_DEMO_OVERRIDES:-}"
 
 step() { printf '\n== %s\n' "$*"; }
+# shellcheck source=scripts/airflow_logged_runs.sh
+source "$REPO/scripts/airflow_logged_runs.sh"
 
 step "airflow db migrate ($AIRFLOW_HOME)"
 airflow db migrate > "$AIRFLOW_HOME/db-migrate.log"
 # Training tasks run in pool "gpu" (one slot per GPU); a CPU machine gets one slot.
 airflow pools set gpu 1 "GPU slots (one per GPU)" > /dev/null
+step "Airflow API server for the tasks' Execution API (stopped at exit; log: $AIRFLOW_HOME/api-server.log)"
+start_execution_api
 
 retrain_conf="$(python - "$SAMPLE" "$CONFIG" "${DEMO_OVERRIDES[@]}" "${EXTRA[@]}" <<'EOF'
 import json, os, sys
@@ -53,10 +61,10 @@ print(json.dumps({"data_root": data_root, "config": config, "overrides": overrid
                   "store_uri": os.environ["MEDPIPE_STORE_URI"], "work_root": os.environ["MEDPIPE_WORK_ROOT"]}))
 EOF
 )"
-step "airflow dags test medpipe_retrain (sample: $SAMPLE, config: $CONFIG)"
+step "airflow dags test --use-executor medpipe_retrain (sample: $SAMPLE, config: $CONFIG)"
 echo "demo gate: absolute thresholds relaxed (${DEMO_OVERRIDES[*]}): the sample proves the pipeline, not the model"
 started=$(date +%s)
-airflow dags test medpipe_retrain --conf "$retrain_conf" > "$AIRFLOW_HOME/retrain.log" 2>&1 || {
+run_dag medpipe_retrain "$retrain_conf" "$AIRFLOW_HOME/retrain.log" || {
   tail -n 40 "$AIRFLOW_HOME/retrain.log" >&2; echo "error: medpipe_retrain failed; full log: $AIRFLOW_HOME/retrain.log" >&2
   exit 1
 }
@@ -69,9 +77,9 @@ print(json.dumps({"input": sys.argv[1], "config": sys.argv[2], "overrides": [],
                   "store_uri": os.environ["MEDPIPE_STORE_URI"], "work_root": os.environ["MEDPIPE_WORK_ROOT"]}))
 EOF
 )"
-step "airflow dags test medpipe_score (input: $SAMPLE/val)"
+step "airflow dags test --use-executor medpipe_score (input: $SAMPLE/val)"
 started=$(date +%s)
-airflow dags test medpipe_score --conf "$score_conf" > "$AIRFLOW_HOME/score.log" 2>&1 || {
+run_dag medpipe_score "$score_conf" "$AIRFLOW_HOME/score.log" || {
   tail -n 40 "$AIRFLOW_HOME/score.log" >&2; echo "error: medpipe_score failed; full log: $AIRFLOW_HOME/score.log" >&2
   exit 1
 }
@@ -94,6 +102,9 @@ folders = sorted((p for p in work.iterdir() if p.is_dir() and p.name != "cache")
 retrain_run = next(run for run in map(RunFolder, reversed(folders)) if run.gate_path.is_file())
 gate = read_gate_decision(retrain_run.gate_path)
 print(f"gate: {'PASSED' if gate.passed else 'FAILED'} for {gate.challenger}: {'; '.join(gate.reasons)}")
+gate_logs = sorted(Path(os.environ["AIRFLOW_HOME"], "logs", "dag_id=medpipe_retrain").glob("run_id=*/task_id=gate/attempt=*.log"))
+if gate_logs:  # what the UI shows as the gate task's log
+    print(f"  gate task log (as the UI shows it): {gate_logs[-1]}")
 champion = read_champion(store)
 if champion:
     print(f"champion: {champion['model_name']}/{champion['version']} -> {store.uri(champion['key'])}")
@@ -113,4 +124,6 @@ Browse it in the Airflow UI (Browse -> Models):
   AIRFLOW_HOME=$AIRFLOW_HOME AIRFLOW__CORE__DAGS_FOLDER=$REPO/dags AIRFLOW__CORE__PLUGINS_FOLDER=$REPO/plugins \\
   AIRFLOW__CORE__LOAD_EXAMPLES=False MEDPIPE_STORE_URI=$MEDPIPE_STORE_URI PATH=$VENV/bin:\$PATH airflow standalone
   then open http://localhost:8080 (user admin, password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)
+  Task logs of the runs above (e.g. the gate task's decision and reasons): Dags -> medpipe_retrain -> the run ->
+  gate -> Logs; files under $AIRFLOW_HOME/logs. Inbox batches and their drift: Browse -> Scoring.
 EOF

@@ -39,8 +39,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return open_store(request.getfixturevalue("s3_server").store_config(prefix="registry"))
 
 
-def make_version_dir(root: Path, tag: str = "a", auc: float = 0.91) -> Path:
-    """A version folder as export/evaluate/gate leave it: a real (tiny) ONNX model, metrics, card, plot."""
+def make_version_dir(root: Path, tag: str = "a", auc: float = 0.91, challenger: str = "resnet18") -> Path:
+    """A version folder as export/evaluate/gate leave it: a real (tiny) ONNX model, metrics, card, plot, and a
+    gate decision that `challenger` passed (only that model becomes champion without --promote)."""
     root.mkdir(parents=True)
     graph = helper.make_graph(
         [helper.make_node("Softmax", ["x"], ["probs"], axis=1)], f"toy-{tag}",
@@ -52,7 +53,7 @@ def make_version_dir(root: Path, tag: str = "a", auc: float = 0.91) -> Path:
     split = {"n": 30, "accuracy": 0.8, "balanced_accuracy": 0.7, "f1_macro": 0.69, "macro_auc": auc}
     metrics = {"model": "resnet18", "classes": ["normal", "benign", "cancer"], "splits": {"val": split}}
     (root / "metrics.json").write_text(json.dumps(metrics))
-    (root / "gate.json").write_text(json.dumps({"passed": True, "reasons": []}))
+    (root / "gate.json").write_text(json.dumps({"passed": True, "challenger": challenger, "reasons": []}))
     (root / "model_card.md").write_text(f"# resnet18 ({tag})\n")
     (root / "config.yaml").write_text("data:\n  image_size: 32\n")
     (root / "plots").mkdir()
@@ -269,7 +270,8 @@ def test_cli_publish_takes_name_and_version_from_the_onnx_metadata(tmp_path: Pat
         onnx.save(model, folder / "model.onnx")
         return folder
 
-    exported = with_metadata(make_version_dir(tmp_path / "exported", "b"), model_name="custom_cnn", version="v9")
+    exported = with_metadata(make_version_dir(tmp_path / "exported", "b", challenger="custom_cnn"),
+                             model_name="custom_cnn", version="v9")
     assert cli_main(["publish", "--version-dir", str(exported), "--store", store_dir]) == 0
     assert "published: custom_cnn/v9" in capsys.readouterr().out
     assert read_champion(open_store(StoreConfig(uri=store_dir)))["version"] == "v9"

@@ -85,7 +85,7 @@ def test_scores_images_and_lists_bad_files(trained_run, model_dir, tmp_path):  #
 
     rows = _read(out)
     assert len(rows) == n_images == summary["scored"] and summary["kept"] == 0
-    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_version"]
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_verified", "model_version"]
     assert {r["model_version"] for r in rows} == {"v1"} and summary["model_version"] == "v1"
     assert all(r["path"].split("/")[0] in ("normal", "benign", "cancer") for r in rows)
     factors = torch.load(trained_run.checkpoints["custom_cnn"], weights_only=False)["meta"]["prior_correction"]
@@ -116,7 +116,7 @@ def test_risk_columns_are_the_prior_corrected_probabilities(trained_run, skewed_
     summary = score_folder(skewed_model, folder, tmp_path / "skewed.csv", trained_run.cfg)
     assert summary["prior_correction"] == _SKEWED
     rows = _read(tmp_path / "skewed.csv")
-    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_version"]
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, *_RISKS, "model_verified", "model_version"]
     _check_rows(rows, _SKEWED)
     # Same weights as model_dir: the probabilities (and so the decisions) do not depend on the factors.
     score_folder(model_dir / "model.onnx", folder, tmp_path / "plain.csv", trained_run.cfg)
@@ -134,7 +134,7 @@ def test_model_without_correction_keeps_the_old_columns(trained_run, legacy_mode
     summary = score_folder(legacy_model, folder, out, trained_run.cfg)
     assert summary["prior_correction"] is None
     rows = _read(out)
-    assert list(rows[0]) == ["path", "predicted", *_PROBS, "model_version"]
+    assert list(rows[0]) == ["path", "predicted", *_PROBS, "model_verified", "model_version"]
     assert len(rows) == summary["scored"] > 0
     # Resuming that file with a model that adds risk columns (same version string) must not mix layouts.
     (folder / "later.png").write_bytes(next(folder.rglob("*.png")).read_bytes())
@@ -270,7 +270,7 @@ def test_refusals(trained_run, model_dir, tmp_path):  # noqa: F811
     # An output of another model version is never mixed with new rows.
     out = tmp_path / "p.csv"
     out.write_text("path,predicted,prob_normal,prob_benign,prob_cancer,risk_normal,risk_benign,risk_cancer,"
-                   "model_version\nx.png,normal,1,0,0,1,0,0,v0\n")
+                   "model_verified,model_version\nx.png,normal,1,0,0,1,0,0,false,v0\n")
     with pytest.raises(ScoreError, match=r"model version\(s\) \['v0'\]"):
         score_folder(model_dir / "model.onnx", folder, out, trained_run.cfg, resume=True)
     assert not (tmp_path / "p.errors.csv").exists()
@@ -291,7 +291,7 @@ def test_models_without_medpipe_metadata_or_other_preprocessing_are_refused(trai
 
 def test_store_model_is_verified_and_a_tampered_one_refused(trained_run, model_dir, tmp_path):  # noqa: F811
     store = LocalStore(tmp_path / "store")
-    publish_version(store, model_dir, "custom_cnn", "v1")
+    publish_version(store, model_dir, "custom_cnn", "v1", promote=True)  # no gate.json in model_dir
     folder = _images_folder(trained_run, tmp_path / "in")
     summary = score_folder("champion", folder, tmp_path / "ok.csv", trained_run.cfg, store=store)
     assert summary["model_version"] == "v1" and summary["scored"] == len(list(folder.rglob("*.png")))

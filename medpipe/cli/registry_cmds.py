@@ -24,6 +24,7 @@ from medpipe.registry import (
     list_versions,
     new_version_name,
     publish_version,
+    read_champion,
     show_version,
 )
 from medpipe.store import Store, StoreError, open_store
@@ -51,7 +52,11 @@ def register(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], No
     publish.add_argument("--model-name", help="e.g. resnet18 (default: model_name in model.onnx's metadata)")
     publish.add_argument("--version", help="version name (default: version in model.onnx's metadata, else a UTC "
                                            "timestamp like 20261126T153000Z)")
-    publish.add_argument("--no-champion", action="store_true", help="do not point champion.json at this version")
+    champion = publish.add_mutually_exclusive_group()
+    champion.add_argument("--no-champion", action="store_true", help="do not point champion.json at this version")
+    champion.add_argument("--promote", action="store_true",
+                          help="make it champion even without a passed gate verdict in its gate.json (recorded in "
+                               "champion.json as a manual promotion); without it such a version is published only")
     _add_store_option(publish, add_common)
     publish.set_defaults(func=cmd_publish)
 
@@ -115,12 +120,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         model_name, version = _publish_identity(args)
         store = _open(args)
-        result = publish_version(store, args.version_dir, model_name, version, make_champion=not args.no_champion)
+        result = publish_version(store, args.version_dir, model_name, version, make_champion=not args.no_champion,
+                                 promote=args.promote)
     except _ERRORS as exc:
         return _fail(exc)
     print(f"{result['status']}: {model_name}/{version} -> {result['uri']}")
     print(f"  {len(result['uploaded'])} file(s) uploaded, {len(result['skipped'])} already there")
-    print(f"  champion: {'now ' + model_name + '/' + version if result['champion_updated'] else 'unchanged'}")
+    print(f"  gate: {'passed' if result['gate_passed'] else 'NOT passed'} ({result['gate_reason']})")
+    if result["champion_updated"]:
+        how = " by MANUAL promotion (--promote), without a passed gate" if result["promotion"] == "manual" else ""
+        print(f"  champion: now {model_name}/{version}{how}")
+    elif result["champion_reason"] and not args.no_champion:
+        print(f"  champion: unchanged. {result['champion_reason']}:\n"
+              f"    medpipe publish --version-dir {args.version_dir} --model-name {model_name} --version {version} "
+              "--promote", file=sys.stderr)
+    else:
+        print("  champion: unchanged")
     return 0
 
 
@@ -162,7 +177,9 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 def cmd_models_show(args: argparse.Namespace) -> int:
     """``medpipe models show [REF]``: files with sha256 and size, headline metrics, champion flag."""
     try:
-        info = show_version(_open(args), args.ref)
+        store = _open(args)
+        info = show_version(store, args.ref)
+        champion = read_champion(store) if info["is_champion"] else None
     except _ERRORS as exc:
         return _fail(exc)
     if args.json:
@@ -171,6 +188,11 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     print(f"{info['model_name']}/{info['version']}{'  (champion)' if info['is_champion'] else ''}")
     print(f"  uri:          {info['uri']}")
     print(f"  published_at: {info['published_at']}")
+    verdict = info.get("gate_verdict")  # versions published before the promotion rule have none
+    if verdict:
+        print(f"  gate:         {'passed' if verdict['passed'] else 'NOT passed'} ({verdict['reason']})")
+    if champion and champion.get("promotion") == "manual":
+        print(f"  champion by MANUAL promotion, no passed gate: {champion.get('promotion_reason')}")
     for split, values in sorted(info.get("metrics", {}).items()):
         print(f"  {split}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
     print("  files:")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {summary['scored']} images, kept {summary['kept']} from the existing output, "
           f"{summary['errors']} errors, {summary['seconds']:.1f} s" + (f" ({rate} img/s)" if rate else ""))
     print(f"predictions: {summary['output']}  errors: {summary['errors_file']}")
+    if not summary["verified"]:  # the rows say so too (model_verified=false); the operator should see it now
+        print(f"WARNING: {summary['verification']}", file=sys.stderr)
     if summary["prior_correction"] is not None:  # operators should know which columns to read as probabilities
         print("risk_<class> columns: probabilities corrected to the training prevalence (read these as risks; "
               "predicted is the arg-max of prob_<class>)")

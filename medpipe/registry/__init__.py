@@ -9,14 +9,16 @@ Rules:
 - A version is never overwritten. Publishing the same content again uploads nothing (status "unchanged");
   different content under an existing version name is an error naming the differing file.
 - ``champion.json`` is the only object ever replaced, and it is written last, after the manifest.
+- The champion pointer moves only for a version whose gate.json passed that model, or one promoted by hand
+  (``promote=True`` / ``medpipe publish --promote``, recorded in champion.json): ``promotion``.
 - A publish that died half-way is completed by running it again: files already stored with the same sha256
   are skipped, the rest uploaded, then manifest and champion written.
 - Model and version names match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and never contain ``..``.
 - ``resolve_model`` verifies the downloaded model.onnx against the manifest (and champion) sha256 and refuses
   a mismatch with :class:`IntegrityError`.
 
-Modules: ``common`` (names, errors, the champion pointer), ``publish`` (writing a version), ``lookup`` (listing,
-showing and downloading versions).
+Modules: ``common`` (names, errors, the champion pointer), ``publish`` (writing a version), ``promotion`` (who may
+become champion), ``lookup`` (listing, showing and downloading versions).
 """
 
 from medpipe.registry.common import (

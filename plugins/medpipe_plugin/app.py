@@ -25,6 +25,7 @@ from medpipe_plugin.catalog import artifact_key, check_segment, load_catalog, op
 from medpipe_plugin.compare_view import add_compare_route
 from medpipe_plugin.pages import render_card, render_catalog, render_version
 from medpipe_plugin.runs_view import add_run_routes
+from medpipe_plugin.scoring_view import add_scoring_routes
 
 if TYPE_CHECKING:
     from medpipe.store import Store
@@ -165,5 +166,6 @@ def create_app() -> FastAPI:
     router.add_api_route("/models/{model_name}/{version}/files/{name:path}", _version_file, methods=["GET"])
     add_run_routes(router, _store, _root, URL_PREFIX)
     add_compare_route(router, _store, _root)
+    add_scoring_routes(router, _store)  # /scoring: the inbox's scored batches (scoring_view.py)
     app.include_router(router)
     return app

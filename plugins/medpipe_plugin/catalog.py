@@ -2,7 +2,8 @@
 
 Layout (below the store's prefix)::
 
-    champion.json                                  {"model_name", "version", "key", "sha256", "published_at", "metrics"}
+    champion.json                                  {"model_name", "version", "key", "sha256", "published_at", "metrics",
+                                                    "promotion": "gate" | "manual", "promoted_without_gate", ...}
     models/<model_name>/<version>/model.onnx
                                  /metrics.json     schema in docs/stages.md
                                  /gate.json        {"passed", "challenger", "reasons", ...}

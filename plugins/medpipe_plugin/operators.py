@@ -58,6 +58,9 @@ class ModelPageLink(BaseOperatorLink):
 class PublishModelOperator(BaseOperator):
     """medpipe's publish stage: upload the run's export as `models/<model_name>/<version>/` and make it champion.
 
+    The DAG reaches this task only after a passed gate, whose gate.json the export copied into the release: that
+    verdict is what lets the pointer move (medpipe.registry.promotion); the DAG never promotes by hand.
+
     Args:
         run_dir: the run folder (an XComArg from the `start` task); its release/ and its config's store are used.
     """

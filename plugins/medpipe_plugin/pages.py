@@ -10,7 +10,7 @@ from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import Catalog, VersionView
 from medpipe_plugin.metric_views import version_details
 
-__all__ = ["render_catalog", "render_card", "render_version"]
+__all__ = ["page_html", "promotion_note", "render_catalog", "render_card", "render_version"]
 
 _PLOT_KINDS = ("confusion", "roc")  # shown on the overview; the version page shows every plot
 
@@ -29,6 +29,20 @@ border:1px solid #d5dbe3;margin:.2rem} td.plots a{display:block} ul{margin:.2rem
 def _page(title: str, body: str) -> str:
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body>{body}</body></html>")
+
+
+def page_html(title: str, body: str) -> str:
+    """A page in the Models page's style (the Scoring page uses it too)."""
+    return _page(title, body)
+
+
+def promotion_note(champion: dict[str, Any] | None) -> str:
+    """What champion.json says about how the champion got there, when it never passed a gate (manual promotion,
+    medpipe.registry.promotion); "" for a champion promoted by its gate or recorded before promotions were."""
+    if not champion or champion.get("promotion") != "manual":
+        return ""
+    return (f' <span class="badge fail" title="{escape(str(champion.get("promotion_reason", "")))}">champion by '
+            "manual promotion, no passed gate</span>")
 
 
 def _fmt(value: Any) -> str:
@@ -108,10 +122,11 @@ def _plots(root: str, v: VersionView, kinds: tuple[str, ...] | None) -> str:
                    f'src="{_file_url(root, v, p)}"></a>' for p in chosen)
 
 
-def _version_row(root: str, v: VersionView, split: str, champion_view: VersionView | None = None) -> str:
+def _version_row(root: str, v: VersionView, split: str, champion_view: VersionView | None = None,
+                 champion_note: str = "") -> str:
     m = v.split_metrics(split)
     recall_cancer = ((m.get("per_class") or {}).get("cancer") or {}).get("recall")
-    champion = ' <span class="badge champion">champion</span>' if v.is_champion else ""
+    champion = ' <span class="badge champion">champion</span>' + champion_note if v.is_champion else ""
     problems = "".join(f'<div class="problem">{escape(p)}</div>' for p in v.problems)
     cells = "".join(f'<td class="num">{_fmt(m.get(k))}{_interval(m, k)}</td>' for k in HEADLINE_METRICS)
     return (f'<tr id="{escape(v.model_name)}-{escape(v.version)}"><td><a href="{_version_url(root, v)}">'
@@ -128,7 +143,7 @@ def _champion_summary(catalog: Catalog, root: str) -> str:
     name = f"{escape(str(champ.get('model_name')))} {escape(str(champ.get('version')))}"
     link = f'<a href="{_version_url(root, view)}">{name}</a>' if view else name
     return (f'<p>Champion: <strong>{link}</strong> <span class="badge champion">champion</span> '
-            f'<span class="muted">published {_fmt(champ.get("published_at"))}, sha256 '
+            f'{promotion_note(champ)}<span class="muted"> published {_fmt(champ.get("published_at"))}, sha256 '
             f'{escape(str(champ.get("sha256", ""))[:12])}…</span></p>')
 
 
@@ -136,12 +151,13 @@ def render_catalog(catalog: Catalog, root: str, split: str = "val") -> str:
     """The overview: champion, then every version with metrics, gate result, links and plots."""
     header = "".join(f"<th>{escape(k)} ({escape(split)})</th>" for k in HEADLINE_METRICS)
     champion = next((v for v in catalog.versions if v.is_champion), None)
-    rows = "".join(_version_row(root, v, split, champion) for v in catalog.versions)
+    rows = "".join(_version_row(root, v, split, champion, promotion_note(catalog.champion)) for v in catalog.versions)
     problems = "".join(f'<li class="problem">{escape(p)}</li>' for p in catalog.problems)
     table = (f"<table><thead><tr><th>model / version</th><th>published</th>{header}<th>recall cancer ({escape(split)})</th>"
              f"<th>gate</th><th>files</th><th>plots ({escape(split)})</th></tr></thead><tbody>{rows}</tbody>"
              "</table>") if catalog.versions else "<p>No published versions.</p>"
-    body = (f'<p><a href="{root}/runs">Runs</a> (every retraining run, its verdict and the trend)</p>'
+    body = (f'<p><a href="{root}/runs">Runs</a> (every retraining run, its verdict and the trend) · '
+            f'<a href="{root}/scoring">Scoring</a> (inbox batches, drift)</p>'
             f"<h1>Models</h1><p class=muted>Registry {escape(catalog.store_uri)} · "
             f"{len(catalog.versions)} version(s)</p>{_champion_summary(catalog, root)}{table}"
             + (f"<h2>Problems</h2><ul>{problems}</ul>" if problems else ""))
@@ -165,7 +181,8 @@ def _metrics_table(v: VersionView, split: str) -> str:
 
 def render_version(catalog: Catalog, v: VersionView, root: str) -> str:
     """One version: every split's metrics beside the baseline, the gate decision, all plots and files."""
-    champion = ' <span class="badge champion">champion</span>' if v.is_champion else ""
+    champion = (' <span class="badge champion">champion</span>' + promotion_note(catalog.champion)
+                if v.is_champion else "")
     problems = "".join(f'<li class="problem">{escape(p)}</li>' for p in v.problems)
     files = "".join(f'<li><a href="{_file_url(root, v, f)}">{escape(f)}</a></li>' for f in v.files
                     if not f.startswith("plots/"))

@@ -244,7 +244,7 @@ def test_the_inbox_dag_scores_each_complete_batch_once(no_retries, trained_run, 
     export_onnx(trained_run.checkpoints["custom_cnn"], trained_run.cache_dir, trained_run.cfg,
                 release / "model.onnx", trained_run.metrics["custom_cnn"], "v1")
     shutil.copyfile(trained_run.metrics["custom_cnn"], release / "metrics.json")
-    publish_version(store, release, "custom_cnn", "v1")
+    publish_version(store, release, "custom_cnn", "v1", promote=True)  # a bare export: no gate.json
     inbox = tmp_path / "inbox"
     for name, ready in (("b1", True), ("b2", True), ("b3-writing", False)):
         data = write_dataset(tmp_path / f"src-{name}", per_class={"val": 1}, splits=("val",), size=32)

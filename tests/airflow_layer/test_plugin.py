@@ -4,6 +4,8 @@ The registry is published with `medpipe.registry.publish_version` into a local s
 passed the gate, and one older version whose gate record failed (with reasons holding HTML, to prove escaping).
 Beside them, two run records (medpipe.run_record): the run that published the champion, and a newer run from
 Airflow whose challenger the gate rejected, for the Runs view, its trend chart and the compare page.
+A real (untrained) custom_cnn is published beside them and scores two inbox batches with `medpipe.inbox`, one of
+them drifted, for the Scoring page (scored_batches.py).
 The browser test of the same page is in test_e2e_standalone.py.
 """
 
@@ -18,7 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from airflow_layer.scored_batches import export_untrained, score_inbox
+
 CLASSES = ["normal", "benign", "cancer"]
+SCORER_VERSION = "20260115T000000-dddddd"
 
 
 def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
@@ -69,7 +74,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     "20260108T000000-bbbbbb")
     store.put_bytes("models/custom_cnn/damaged-1/metrics.json", b"{not json")  # an upload that died half-way
     _write_run_records(store)
-    return {"store_uri": str(root / "store"), "store": store}
+    scorer = _version_folder(root / "scorer", "custom_cnn", 0.5, 0.6, failed_gate)
+    export_untrained(scorer, "custom_cnn", SCORER_VERSION)  # replaces the placeholder model.onnx
+    publish_version(store, scorer, "custom_cnn", SCORER_VERSION)  # its gate failed: published, not champion
+    batches = score_inbox(store, scorer / "model.onnx", "custom_cnn", SCORER_VERSION, root / "scoring")
+    return {"store_uri": str(root / "store"), "store": store, "batches": batches}
 
 
 CHAMPION = {"model_name": "resnet18", "version": "20260108T000000-bbbbbb"}
@@ -266,6 +275,13 @@ def test_every_link_on_every_page_answers_200(client, auth) -> None:
     assert {"/medpipe/runs", f"/medpipe/runs/{REJECTED_RUN}", f"/medpipe/runs/{PASSED_RUN}"} <= seen
     assert any(u.startswith("/medpipe/compare?a=resnet18/") for u in seen)
     assert len(seen) > 10
+    # The Scoring page is reached from the Models page, and every file of its batches was fetched.
+    batch = f"/medpipe/scoring/custom_cnn/{SCORER_VERSION}/inverted-0001/"
+    assert "/medpipe/scoring" in seen and {batch + n for n in ("summary.json", "errors.csv", "predictions.csv")} <= seen
+    for url in (u for u in seen if u.startswith("/medpipe/scoring")):  # and none of it without credentials
+        assert client.get(url, headers={"Accept": "application/json"}).status_code == 401, url
+        browser = client.get(url, headers={"Accept": "text/html"})
+        assert browser.status_code == 303 and browser.headers["location"].startswith("/auth/login?next="), url
 
 
 def test_runs_view_lists_runs_newest_first_with_verdict_reasons_and_links(client, auth) -> None:
@@ -314,3 +330,61 @@ def test_compare_page_shows_metrics_no_invented_paired_difference_and_the_config
     for bad, status in (("a=resnet18&b=custom_cnn/x", 400), ("a=../x&b=custom_cnn/x", 400), ("b=custom_cnn/x", 400),
                         ("a=resnet18/nope&b=custom_cnn/20260101T000000-aaaaaa", 404)):
         assert client.get(f"/medpipe/compare?{bad}", headers=auth).status_code == status, bad
+
+
+def test_scoring_page_shows_each_batch_and_flags_drift(client, auth, registry) -> None:
+    summary = registry["batches"]["inverted-0001"]
+    assert summary["drift"]["drifted"] is True and summary["verified"] is True  # what the page must show
+    page = client.get("/medpipe/scoring", headers=auth)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    row = page.text[page.text.index(f'id="custom_cnn-{SCORER_VERSION}-inverted-0001"'):]
+    row = row[:row.index("</tbody>")].split("</tr></table>")[0]
+    assert "DRIFT: PSI over threshold" in row and "drifted" in row.split(">")[0]
+    assert f"PSI (threshold {summary['drift']['threshold']:.3f})" in row
+    for feature in summary["drift"]["drifted_features"]:  # the cells over the threshold are marked
+        assert f'<td>{feature}</td><td class="num over">{summary["drift"]["psi"][feature]:.3f}</td>' in row
+    assert f'<td class="num">{summary["files"]}</td>' in row and summary["scored_at"] in row
+    for name, count in summary["predicted"].items():
+        assert f"{name}: {count}" in row
+    assert any(f"{column}: {value:.3f}" in row for column, value in summary["mean"].items())
+    assert f'href="/medpipe/models/custom_cnn/{SCORER_VERSION}"' in row and "unverified model" not in row
+    small = page.text[page.text.index(f'id="custom_cnn-{SCORER_VERSION}-small-0002"'):]
+    small = small[:small.index("</td></tr>")]
+    assert "not checked: 3 scored images; drift needs at least 100" in small and "DRIFT" not in small
+    assert "1 drifted" in page.text
+
+
+def test_scored_batch_files_are_served_safely(client, auth, registry) -> None:
+    base = f"/medpipe/scoring/custom_cnn/{SCORER_VERSION}/inverted-0001/"
+    key = f"scores/custom_cnn/{SCORER_VERSION}/inverted-0001/"
+    for name, media in (("summary.json", "application/json"), ("predictions.csv", "text/csv; charset=utf-8"),
+                        ("errors.csv", "text/csv; charset=utf-8")):
+        response = client.get(base + name, headers=auth)
+        assert response.status_code == 200 and response.headers["content-type"] == media
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.content == registry["store"].get_bytes(key + name)
+    rows = client.get(base + "predictions.csv", headers=auth).text.splitlines()
+    assert rows[0].endswith("model_verified,model_version") and all(r.endswith(f"true,{SCORER_VERSION}")
+                                                                      for r in rows[1:])
+    for path, status in ((base + "model.onnx", 400), (base + "%2E%2E", 400),
+                         (f"/medpipe/scoring/custom_cnn/{SCORER_VERSION}/%2Eetc/summary.json", 400),
+                         (f"/medpipe/scoring/custom_cnn/{SCORER_VERSION}/nope/summary.json", 404)):
+        assert client.get(path, headers=auth).status_code == status, path
+
+
+def test_a_manually_promoted_champion_says_so(client, auth, tmp_path, monkeypatch) -> None:
+    from medpipe.config import StoreConfig
+    from medpipe.registry import publish_version, read_champion
+    from medpipe.store import open_store
+
+    store = open_store(StoreConfig(uri=str(tmp_path / "store")))
+    folder = _version_folder(tmp_path, "custom_cnn", 0.5, 0.6, {"passed": False, "challenger": "custom_cnn",
+                                                                  "reasons": ["macro_auc 0.6 < minimum 0.8"]})
+    monkeypatch.setenv("MEDPIPE_STORE_URI", str(tmp_path / "store"))
+    publish_version(store, folder, "custom_cnn", "v1")  # a failed gate: published, never champion by itself
+    assert read_champion(store) is None and "No champion yet" in client.get("/medpipe/models", headers=auth).text
+    publish_version(store, folder, "custom_cnn", "v1", promote=True)
+    page = client.get("/medpipe/models", headers=auth).text
+    assert page.count("champion by manual promotion, no passed gate") == 2  # the summary line and the row
+    version_page = client.get("/medpipe/models/custom_cnn/v1", headers=auth).text
+    assert "champion by manual promotion, no passed gate" in version_page
