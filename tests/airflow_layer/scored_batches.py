@@ -51,16 +51,18 @@ def _reference(onnx_path: Path, images_dir: Path, work: Path, cfg: Any) -> dict[
     return reference_profile(images, probs)
 
 
-def score_inbox(store: Any, onnx_path: Path, model_name: str, version: str, work: Path) -> dict[str, Any]:
+def score_inbox(store: Any, onnx_path: Path | None, model_name: str, version: str, work: Path) -> dict[str, Any]:
     """Score batch "inverted-0001" (120 inverted images: drifted) and "small-0002" (3 images: drift not judged)
-    with the published `model_name/version`, resolved (sha256-verified) from `store`. Returns {batch: summary}."""
+    with the published `model_name/version`, resolved (sha256-verified) from `store`; the drift reference comes
+    from `onnx_path`, or from that resolved model when None. Returns {batch: summary}."""
     from medpipe.config import load_config
     from medpipe.inbox import READY_MARKER, open_inbox, score_batch
     from medpipe.registry import resolve_model
 
     cfg = load_config(None, [f"data.image_size={SIZE}", "score.provider=cpu", f"store.uri={store.uri()}"])
     like = write_dataset(work / "like", per_class={"val": 40}, splits=("val",), size=40, seed=31)
-    reference = _reference(onnx_path, like / "val", work, cfg)
+    local, source = resolve_model(store, f"{model_name}/{version}", work / "models")
+    reference = _reference(onnx_path or local, like / "val", work, cfg)
     inbox_dir = work / "inbox"
     shutil.copytree(like / "val", inbox_dir / "inverted-0001")
     for path in (inbox_dir / "inverted-0001").rglob("*.png"):
@@ -70,7 +72,6 @@ def score_inbox(store: Any, onnx_path: Path, model_name: str, version: str, work
     for name in ("inverted-0001", "small-0002"):
         (inbox_dir / name / READY_MARKER).write_text("")
     inbox = open_inbox(str(inbox_dir), cfg.store)
-    local, source = resolve_model(store, f"{model_name}/{version}", work / "models")
     return {name: score_batch(inbox, name, local, model_name, version, store, cfg, work / name,
                               reference=reference, registry_source=source).summary
             for name in ("inverted-0001", "small-0002")}

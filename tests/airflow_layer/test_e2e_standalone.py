@@ -2,8 +2,9 @@
 
 Triggers medpipe_retrain over the REST API on tiny images, waits for it and for the medpipe_score run that
 the champion Asset schedules, then logs into the UI with headless Chromium and checks the Models page
-(screenshot: test-artifacts/models_page.png). Marked `e2e`; skipped without /usr/bin/chromium
-(`apt-get install -y chromium`) or the `playwright` package. About 3-4 minutes on 2 cores.
+(screenshot: test-artifacts/models_page.png); then a rejected second run, a drifted inbox batch, and the Runs,
+compare, card and Scoring pages with every link walked (runs_page.png, scoring_page.png). Marked `e2e`; skipped
+without /usr/bin/chromium (`apt-get install -y chromium`) or the `playwright` package. About 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urljoin
 
 import pytest
 
-from airflow_layer.test_dags_run import FAST_TRAINING
+from airflow_layer.scored_batches import score_inbox
+from airflow_layer.test_dags_run import FAST_TRAINING, UNTRAINED
 from conftest import write_dataset
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +32,8 @@ pytestmark = pytest.mark.e2e
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "models_page.png"
+RUNS_SCREENSHOT = REPO_ROOT / "test-artifacts" / "runs_page.png"
+SCORING_SCREENSHOT = REPO_ROOT / "test-artifacts" / "scoring_page.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 RUN_TIMEOUT_S = 480
 
@@ -184,6 +189,66 @@ def _train_and_score(server: Standalone, data: Path) -> dict[str, Any]:
     return {"links": links["extra_links"], "api": api}
 
 
+def _rejected_run(server: Standalone, data: Path) -> str:
+    """A second retraining run over REST whose models never train: the gate rejects it, the record stage keeps it."""
+    api = _api(server)
+    conf = {"data_root": str(data),
+            "overrides": [*FAST_TRAINING, *UNTRAINED, "export.parity_images=8", "score.provider=cpu"]}
+    created = api.post("/api/v2/dags/medpipe_retrain/dagRuns", json={"logical_date": None, "conf": conf})
+    assert created.status_code == 200, created.text
+    run_id = created.json()["dag_run_id"]
+    state = _wait_for("rejected medpipe_retrain finished", lambda: _run_state(api, "medpipe_retrain", run_id),
+                      RUN_TIMEOUT_S)
+    states = _task_states(api, "medpipe_retrain", run_id)
+    assert state == "success" and states["publish"] == "skipped" and states["record"] == "success", states
+    return run_id
+
+
+def _walk_links(page, base_url: str, start: str) -> set[str]:
+    """Every href and img src under /medpipe reachable from `start`, fetched with the browser's login cookie."""
+    import re
+
+    seen, queue = {start}, [start]
+    while queue:
+        url = queue.pop()
+        response = page.request.get(base_url + url)
+        assert response.status == 200, (url, response.status)
+        if not response.headers.get("content-type", "").startswith("text/html"):
+            continue
+        html = response.text()
+        base = re.search(r'<base href="([^"]+)"', html)
+        for link in re.findall(r'<(?:a|img)\b[^>]*?(?:href|src)="([^"#]+)"', html):
+            target = urljoin(base.group(1) if base else url, link.replace("&amp;", "&"))
+            if target.startswith("/medpipe/") and target not in seen:
+                seen.add(target)
+                queue.append(target)
+    return seen
+
+
+def _check_operator_pages(page, base_url: str, champion: dict[str, Any], rejected_run_id: str) -> None:
+    """Runs (the rejected challenger and its reasons), compare, the card as HTML with its images, Scoring (a
+    drifted batch flagged), and every link of every page answering 200."""
+    page.goto(f"{base_url}/medpipe/runs")
+    rejected = page.locator("tr", has_text="rejected").first
+    assert "champion" in rejected.inner_text(), rejected.inner_text()  # the reason: worse than the champion
+    assert quote(rejected_run_id, safe="") in rejected.inner_html()  # its link to the Airflow run
+    assert page.locator("svg circle").count() >= 2  # the trend chart: both challengers
+    page.screenshot(path=str(RUNS_SCREENSHOT), full_page=True)
+    page.goto(f"{base_url}/medpipe/models")
+    page.locator('a[href*="/medpipe/compare?"]').first.click()
+    assert "b − a" in page.content() and "Config (differing keys)" in page.content()
+    page.goto(f"{base_url}/medpipe/models/{champion['model_name']}/{champion['version']}/card")
+    images = page.locator("img")
+    assert images.count() >= 1
+    assert all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(images.count()))
+    page.goto(f"{base_url}/medpipe/scoring")
+    assert "DRIFT" in page.locator("tr.drifted").first.inner_text()
+    page.screenshot(path=str(SCORING_SCREENSHOT), full_page=True)
+    seen = _walk_links(page, base_url, "/medpipe/models")
+    assert {"/medpipe/runs", "/medpipe/scoring"} <= seen and any(u.endswith("/card") for u in seen)
+    assert any(u.startswith("/medpipe/compare?") for u in seen) and any("/medpipe/runs/" in u for u in seen)
+
+
 def test_retrain_over_rest_then_models_page_in_a_browser(standalone: Standalone, tmp_path: Path) -> None:
     import httpx
     from playwright.sync_api import sync_playwright
@@ -198,6 +263,10 @@ def test_retrain_over_rest_then_models_page_in_a_browser(standalone: Standalone,
     page_url = f"{standalone.base_url}/medpipe/models/{champion['model_name']}/{champion['version']}"
     assert result["links"] == {"Model page": page_url}
     assert any(k.startswith("scores/") for k in open_store(StoreConfig(uri=str(standalone.home / "store"))).list("scores/"))
+
+    rejected_run_id = _rejected_run(standalone, tmp_path / "data")
+    store = open_store(StoreConfig(uri=str(standalone.home / "store")))
+    score_inbox(store, None, champion["model_name"], champion["version"], tmp_path / "inbox")
 
     # Without credentials: an API client gets 401, a browser is sent to the login page.
     assert httpx.get(f"{standalone.base_url}/medpipe/models", timeout=30).status_code == 401
@@ -226,5 +295,6 @@ def test_retrain_over_rest_then_models_page_in_a_browser(standalone: Standalone,
             # The publish task's extra link opens that version's page (the login cookie is reused).
             page.goto(page_url)
             assert champion["version"] in page.content() and "champion" in page.content()
+            _check_operator_pages(page, standalone.base_url, champion, rejected_run_id)
         finally:
             browser.close()

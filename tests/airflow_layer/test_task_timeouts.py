@@ -47,7 +47,7 @@ def test_a_timed_out_training_keeps_last_pt_and_its_retry_resumes(
     first = _last_epoch(last)
     assert first >= 1
 
-    with caplog.at_level(logging.INFO, logger="medpipe"), pytest.raises(AirflowTaskTimeout), timeout(4):  # the retry
+    with caplog.at_level(logging.INFO, logger="medpipe"), pytest.raises(AirflowTaskTimeout), timeout(8):  # the retry
         run_stage("train", run, cfg, "custom_cnn")
     assert f"resuming custom_cnn from epoch {first}" in caplog.text
     assert _last_epoch(last) > first
