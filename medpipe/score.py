@@ -31,11 +31,11 @@ from tqdm import tqdm
 
 from medpipe.config import Config
 from medpipe.data.layout import excluded_by
-from medpipe.fileio import atomic_output, sha256_file
+from medpipe.fileio import atomic_output
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
 from medpipe.priors import apply_prior_correction, deployment_correction, read_output_prior
-from medpipe.registry import resolve_model
+from medpipe.precision import resolve_for_scoring
 from medpipe.store import open_store
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
@@ -84,19 +84,6 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = (),
         else:
             images.append((rel, path))
     return images, errors
-
-
-def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path) -> tuple[Path, dict[str, Any]]:
-    """A local .onnx file (or a folder holding model.onnx) as is; anything else through the registry."""
-    path = Path(model_ref)
-    if path.is_dir() and (path / "model.onnx").is_file():
-        path = path / "model.onnx"
-    if path.is_file():
-        return path, {"source": "local", "path": str(path), "sha256": sha256_file(path)}
-    if str(model_ref).endswith(".onnx"):
-        raise FileNotFoundError(f"model file {model_ref} does not exist")
-    # resolve_model verifies the download against the published sha256 and raises IntegrityError otherwise.
-    return resolve_model(store if store is not None else open_store(cfg.store), str(model_ref), tmp)
 
 
 def _read_existing(output_csv: Path, header: list[str], version: str) -> list[list[str]]:
@@ -270,25 +257,31 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
 
     Args:
         model_ref_or_path: "champion", a version ("VERSION" or "MODEL/VERSION") in the store, or a local .onnx
-            file (or a folder holding model.onnx).
+            file (scored as is), or a release folder holding model.onnx (and maybe model.int8.onnx).
         input_dir: scanned recursively; paths in the CSV are relative to it.
         output_csv: columns path, predicted, prob_<class>..., then risk_<class>... when the model carries a prior
             correction, then model_version. Must not be inside input_dir.
-        cfg: the config (score.batch_size, score.decode_workers, score.provider, data.max_pixels, store).
+        cfg: the config (score.batch_size, score.decode_workers, score.provider, score.precision, data.max_pixels,
+            store).
         store: the model store; default `open_store(cfg.store)` when a store reference is given.
         resume: keep the rows of an existing output and score only the files it lacks.
         overwrite: replace an existing output.
         markers: file names at the top of `input_dir` that are signals, not inputs (medpipe.inbox's _READY).
 
     Returns:
-        Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
+        Summary: output, errors_file, provider, precision ("fp32" | "int8", read from the model that ran),
+        precision_reason (how it was chosen), model_file, model_version, model_name, model_sha256, files, scored, kept,
         errors, dropped (rows of an earlier output dropped on resume: their files are gone or now refused),
         seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them).
     """
     input_dir, output_csv = Path(input_dir), Path(output_csv)
     _check_paths(input_dir, output_csv, resume, overwrite)
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:
-        onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp))
+        # A registry download is verified against the published sha256 (IntegrityError otherwise); which file
+        # (FP32 or INT8) follows score.precision and the provider (medpipe.precision).
+        needs_store = store is None and not Path(model_ref_or_path).exists()
+        onnx_path, source = resolve_for_scoring(model_ref_or_path, open_store(cfg.store) if needs_store else store,
+                                                Path(tmp), cfg.score.precision, cfg.score.provider)
         session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
     info = read_model_info(session, source.get("uri", onnx_path))
     try:  # the model's own preprocessing (version + options), so its pixels are the ones it was evaluated on
@@ -324,11 +317,14 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     _write_csv_atomic(errors_file, ["path", "reason"], [list(e) for e in errors])
     scored = len(rows) - kept
     summary = {"output": str(output_csv), "errors_file": str(errors_file), "provider": active_provider(session),
+               "precision": info.precision, "precision_reason": source.get("precision_reason"),
+               "model_file": Path(onnx_path).name,
                "model_version": version, "model_name": info.model_name, "model_sha256": source.get("sha256"),
                "files": len(found), "scored": scored, "kept": kept,
                "errors": len(errors), "dropped": len(earlier) - kept, "seconds": round(seconds, 3),
                "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
                "prior_correction": factors, "risk_prevalence": risk_prevalence}
-    _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
-                 len(errors), version, summary["provider"], seconds)
+    _logger.info("scored %d images (%d kept from before, %d errors) with %s (%s, %s: %s) on %s in %.1f s", scored,
+                 kept, len(errors), version, summary["model_file"], info.precision.upper(), summary["precision_reason"],
+                 summary["provider"], seconds)
     return summary
