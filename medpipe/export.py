@@ -4,6 +4,8 @@ The graph takes float32 (N, 1, H, W) raw pixels 0..255 with a dynamic batch dime
 are inside, so a scorer needs only `medpipe.preprocess.load_image` in front of it. Before the file appears at its
 final path it must pass `onnx.checker` and a parity test on real validation images: ONNX Runtime vs torch, max
 |Δ probability| <= cfg.export.parity_atol and identical argmax. A failure leaves nothing at the output path.
+Before that, with export.int8, the INT8 copy for CPU scoring is built and checked against it (medpipe.quantize);
+its failure is reported in int8.json and parity.json, never an export failure.
 """
 
 from __future__ import annotations

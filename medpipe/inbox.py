@@ -163,7 +163,8 @@ def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str
     output = work_dir / _PREDICTIONS
     summary = score_folder(onnx_path, images, output, cfg, resume=output.is_file(), markers=(READY_MARKER,))
     record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
-              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds")},
+              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "precision", "model_file",
+                                         "seconds")},
               **_batch_profile(output, images, onnx_path, cfg, reference)}
     if record["drift"].get("drifted"):
         _logger.warning("batch %s DRIFTED from the training data (PSI > %s): %s", batch, record["drift"]["threshold"],

@@ -39,7 +39,8 @@ from medpipe.fileio import atomic_write_text
 
 __all__ = ["RunFolder", "RunIdentity", "RunFolderError", "RUN_RECORD", "RELEASE_FILES", "RELEASE_EVAL_FILES",
            "CHECKPOINT_NAMES", "HISTORY_NAME", "HISTORY_PLOT_NAME", "METRICS_NAME", "CARD_NAME", "GATE_NAME",
-           "PARITY_NAME", "ONNX_NAME", "INT8_ONNX_NAME", "INT8_REPORT_NAME", "CONFIG_NAME", "ENSEMBLE_NAME", "ENSEMBLE_RECORD",
+           "PARITY_NAME", "ONNX_NAME", "INT8_ONNX_NAME", "INT8_REPORT_NAME", "CONFIG_NAME", "ENSEMBLE_NAME",
+           "ENSEMBLE_RECORD",
            "code_commit", "config_hash", "default_run_dir", "identity_settings"]
 
 _logger = logging.getLogger(__name__)

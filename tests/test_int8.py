@@ -129,7 +129,8 @@ def test_score_uses_int8_on_cpu_in_auto_and_fp32_when_told(release, trained_run,
     assert agree >= 0.97  # what the export's check measured on the same val images
 
 
-def test_missing_int8_auto_falls_back_explicit_int8_errors(failed_release, release, trained_run, tmp_path):  # noqa: F811
+def test_missing_int8_auto_falls_back_explicit_int8_errors(failed_release, release, trained_run,  # noqa: F811
+                                                           tmp_path):
     folder = trained_run.data_root / "val"
     auto = score_folder(failed_release, folder, tmp_path / "a.csv", load_config(None, list(_CPU)))
     assert auto["precision"] == "fp32" and "holds no model.int8.onnx, scoring with FP32" in auto["precision_reason"]
@@ -141,7 +142,8 @@ def test_missing_int8_auto_falls_back_explicit_int8_errors(failed_release, relea
     assert not list(tmp_path.glob("[bc].csv"))
 
 
-def test_publish_uploads_and_score_verifies_the_int8_model(release, failed_release, trained_run, tmp_path):  # noqa: F811
+def test_publish_uploads_and_score_verifies_the_int8_model(release, failed_release, trained_run,  # noqa: F811
+                                                           tmp_path):
     store = LocalStore(tmp_path / "store")
     result = publish_version(store, release, "custom_cnn", "v1")
     assert "model.int8.onnx" in result["uploaded"] and "int8.json" in result["uploaded"]

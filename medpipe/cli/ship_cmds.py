@@ -105,9 +105,9 @@ def register(subparsers: Any, add_common: Any) -> None:
     p = subparsers.add_parser(
         "export", help="ONNX export + parity check into a folder ready for `medpipe publish`",
         description="Copies metrics.json, model_card.md, plots/, gate.json and config.yaml from the run, then "
-                    "writes parity.json, the INT8 copy OUT/model.int8.onnx with int8.json (export.int8; shipped only when "
-                    "it agrees with FP32 on val), and OUT/model.onnx (last). Running it again returns the export that is "
-                    "there; asking for another model or version there is refused.")
+                    "writes parity.json, the INT8 copy OUT/model.int8.onnx with int8.json (export.int8; shipped "
+                    "only when it agrees with FP32 on val), and OUT/model.onnx (last). Running it again returns "
+                    "the export that is there; asking for another model or version there is refused.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
     p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); parity uses its "
                    "val images")
