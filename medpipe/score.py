@@ -279,7 +279,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:
         # A registry download is verified against the published sha256 (IntegrityError otherwise); which file
         # (FP32 or INT8) follows score.precision and the provider (medpipe.precision).
-        needs_store = store is None and not Path(model_ref_or_path).exists()
+        ref = str(model_ref_or_path)
+        needs_store = store is None and not Path(ref).exists() and not ref.endswith(".onnx")  # a registry ref
         onnx_path, source = resolve_for_scoring(model_ref_or_path, open_store(cfg.store) if needs_store else store,
                                                 Path(tmp), cfg.score.precision, cfg.score.provider)
         session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
