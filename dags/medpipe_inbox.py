@@ -68,13 +68,15 @@ def find_batches(config_path: str) -> list[dict[str, str]]:
 def score_batch(item: dict[str, str], config_path: str) -> dict[str, Any]:
     """Score one batch with the version find_batches chose (downloaded, sha256-checked) into the store."""
     from medpipe.inbox import open_inbox, read_reference, score_batch as _score_batch
-    from medpipe.registry import resolve_model
+    from medpipe.precision import resolve_for_scoring
     from medpipe.store import open_store
 
     cfg = load_run_config(config_path)
     store = open_store(cfg.store)
     work = run_dir() / "batches" / item["batch"]
-    onnx_path, source = resolve_model(store, f"{item['model_name']}/{item['version']}", work / "model")
+    # FP32 or INT8 by score.precision on this task's device, like `medpipe score` (medpipe.precision).
+    onnx_path, source = resolve_for_scoring(f"{item['model_name']}/{item['version']}", store, work / "model",
+                                            cfg.score.precision, cfg.score.provider)
     inbox = open_inbox(get_current_context()["params"]["inbox"], cfg.store)
     result = _score_batch(inbox, item["batch"], onnx_path, item["model_name"], item["version"], store, cfg, work,
                           reference=read_reference(store, item["model_name"], item["version"]), registry_source=source)

@@ -52,13 +52,15 @@ def resolve_champion(config_path: str) -> dict[str, Any]:
 def score(champion: dict[str, Any], config_path: str) -> dict[str, Any]:
     """Score every image of the input folder; unreadable files are listed in the errors CSV, not fatal.
 
+    The version resolve_champion checked, FP32 or INT8 by score.precision on the device of THIS task (auto: INT8
+    on a CPU worker, FP32 on a GPU one; medpipe.precision), downloaded and sha256-verified here.
     `resume=True`: a retry keeps the rows the failed try already wrote and scores only the rest.
     """
     from medpipe.score import score_folder
 
     input_dir = get_current_context()["params"]["input"]
-    return score_folder(champion["onnx"], input_dir, run_dir() / "predictions.csv", load_run_config(config_path),
-                        resume=True)
+    return score_folder(f"{champion['model_name']}/{champion['version']}", input_dir, run_dir() / "predictions.csv",
+                        load_run_config(config_path), resume=True)
 
 
 @task

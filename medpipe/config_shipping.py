@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from medpipe.config_types import STRICT, Count, CountOrOff, Float, Int, NonNegativeFloat
+from medpipe.config_types import STRICT, Count, CountOrOff, Float, Int, NonNegativeFloat, Probability
 
 __all__ = ["GateConfig", "ExportConfig", "StoreConfig", "ScoreConfig"]
 
@@ -58,6 +58,16 @@ class ExportConfig:
     # Max |probability difference| ONNX Runtime vs torch on real images; 1 or more would pass anything.
     parity_atol: Annotated[Float, Field(gt=0, lt=1)] = 1e-4
     parity_images: Count = 64
+    # A statically quantized INT8 copy (model.int8.onnx, medpipe.quantize) for CPU scoring; false: FP32 only.
+    int8: bool = True
+    # Training images the INT8 activation ranges are calibrated on (a seeded sample; all when there are fewer).
+    int8_calibration_images: Annotated[Int, Field(ge=1, le=10_000)] = 256
+    # INT8 ships only when, on every val image, its arg-max equals FP32's for at least this share of images and
+    # its macro AUC is within int8_max_auc_diff of FP32's. 0.97: a 3-class model whose decision changes for more
+    # than 3 images in 100 is a different model, not a faster one; 0.01 AUC is the champion tolerance the gate
+    # already accepts between model versions (gate.champion_tolerance), so INT8 never costs more than that.
+    int8_min_agreement: Probability = 0.97
+    int8_max_auc_diff: Annotated[Float, Field(ge=0, le=1)] = 0.01
 
 
 @dataclass(kw_only=True, config=STRICT)
@@ -79,6 +89,9 @@ class ScoreConfig:
     batch_size: Count = 64
     decode_workers: Count = 2  # threads decoding images while the previous batch runs
     provider: Literal["auto", "cpu", "cuda"] = "auto"
+    # Which exported model scores: auto = FP32 on CUDA, INT8 on CPU (falling back to FP32, with a message, for a
+    # version exported without INT8); fp32 / int8 = that one (int8 without an INT8 model is an error).
+    precision: Literal["auto", "fp32", "int8"] = "auto"
     intra_op_threads: CountOrOff = 0  # ONNX Runtime threads per operator on CPU; 0 = one per physical core
     # Class prevalence the risk_<class> columns assume (data.classes order), e.g. a screening population's;
     # None = the training set's. Non-negative, rescaled to sum 1.

@@ -4,6 +4,8 @@ The graph takes float32 (N, 1, H, W) raw pixels 0..255 with a dynamic batch dime
 are inside, so a scorer needs only `medpipe.preprocess.load_image` in front of it. Before the file appears at its
 final path it must pass `onnx.checker` and a parity test on real validation images: ONNX Runtime vs torch, max
 |Δ probability| <= cfg.export.parity_atol and identical argmax. A failure leaves nothing at the output path.
+Before that, with export.int8, the INT8 copy for CPU scoring is built and checked against it (medpipe.quantize);
+its failure is reported in int8.json and parity.json, never an export failure.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from medpipe.fileio import atomic_output, atomic_write_text
 from medpipe.onnx_runtime import create_session, metadata_as_json, predict_onnx
 from medpipe.preprocess import PREPROCESS_VERSION
 from medpipe.priors import prior_metadata
-from medpipe.run_folder import PARITY_NAME
+from medpipe.quantize import build_int8
+from medpipe.run_folder import INT8_ONNX_NAME, INT8_REPORT_NAME, PARITY_NAME
 
 if TYPE_CHECKING:
     import torch
@@ -177,7 +180,8 @@ def check_parity(onnx_path: str | Path, model: "torch.nn.Module", images: np.nda
             "provider": session.get_providers()[0], "batch_size": batch_size, "tta": tta_name(tta)}
 
 
-def _parity_images(cache_dir: Path, meta: CheckpointMeta | EnsembleRecord, limit: int) -> np.ndarray:
+def _checked_cache(cache_dir: Path, meta: CheckpointMeta | EnsembleRecord) -> Any:
+    """The cache the model was trained on, with val images (parity and the INT8 check run on them)."""
     data = load_cache(cache_dir)
     if list(data.classes) != meta.classes or int(data.image_size) != meta.image_size:
         raise ValueError(f"cache {cache_dir} holds classes {data.classes} at {data.image_size} px but the checkpoint "
@@ -185,7 +189,32 @@ def _parity_images(cache_dir: Path, meta: CheckpointMeta | EnsembleRecord, limit
     val = data.splits.get("val")
     if val is None or len(val.labels) == 0:
         raise ValueError(f"cache {cache_dir} has no val images: parity is checked on real validation images")
-    return np.asarray(val.images[:max(1, limit)])
+    return data
+
+
+def _int8(fp32_path: Path, out_dir: Path, data: Any, cfg: Config) -> dict[str, Any]:
+    """model.int8.onnx (when it passes its check) and int8.json beside the FP32 model; the summary for parity.json.
+
+    Runs before model.onnx reaches its final name, so a folder holding model.onnx never lacks the INT8 decision.
+    """
+    int8_path = out_dir / INT8_ONNX_NAME
+    if not cfg.export.int8:
+        int8_path.unlink(missing_ok=True)  # a leftover of an earlier, interrupted attempt with INT8 on
+        (out_dir / INT8_REPORT_NAME).unlink(missing_ok=True)
+        return {"shipped": False, "onnx": None, "reason": "export.int8=false"}
+    train, val = data.splits.get("train"), data.splits["val"]
+    calibration_pool = train.images if train is not None else val.images[:0]  # none: reported, not shipped
+    report = build_int8(fp32_path, int8_path, calibration_pool, np.asarray(val.images), np.asarray(val.labels),
+                        list(data.classes), cfg)
+    if not report["shipped"]:
+        int8_path.unlink(missing_ok=True)
+        _logger.warning("%s: %s (FP32 model.onnx is shipped)", out_dir, report["reason"])
+    else:
+        check = report["check"]
+        _logger.info("%s: INT8 model shipped: arg-max agreement %.4f, |Δ macro AUC| %.4f on %d val images",
+                     out_dir, check["argmax_agreement"], check["auc_diff"], check["images"])
+    atomic_write_text(out_dir / INT8_REPORT_NAME, json.dumps(report, indent=2) + "\n")
+    return {key: report[key] for key in ("shipped", "onnx", "reason")}
 
 
 def _export_tta(cfg: Config, metrics_path: Path | None) -> bool:
@@ -206,13 +235,14 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
                 metrics_path: str | Path | None = None, version: str | None = None) -> Path:
     """Export a checkpoint to ONNX (probabilities out, metadata in) after checking it against torch.
 
-    Also writes `parity.json` beside `out_path`.
+    Also writes `parity.json` beside `out_path`, and with export.int8 the INT8 copy `model.int8.onnx` (only when
+    it passes its check against FP32, medpipe.quantize) and its report `int8.json`.
 
     Args:
         checkpoint: best.pt written by `medpipe.train`, or an ensemble.json (`medpipe.ensemble`): one graph
             holding every member and the mean.
         cache_dir: the cache the model was trained on (parity uses its val images).
-        cfg: the config (export.opset, export.parity_atol, export.parity_images, evaluate.tta).
+        cfg: the config (export.opset, export.parity_atol, export.parity_images, export.int8*, evaluate.tta).
         out_path: the .onnx file to write (replaced atomically).
         metrics_path: the model's metrics.json; its val summary goes into the metadata.
         version: the model version stored in the metadata (default "unversioned").
@@ -233,7 +263,8 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
     metrics_path = Path(metrics_path) if metrics_path else None
     tta = _export_tta(cfg, metrics_path)
     model, meta = load_model(checkpoint, "cpu")
-    images = _parity_images(Path(cache_dir), meta, cfg.export.parity_images)
+    data = _checked_cache(Path(cache_dir), meta)
+    images = np.asarray(data.splits["val"].images[:max(1, cfg.export.parity_images)])
     meta_view = meta if isinstance(meta, Mapping) else meta.to_dict()  # an EnsembleRecord is not a Mapping
     metadata = model_metadata(model, meta_view, version, _metrics_summary(metrics_path), tta)
     # The model appears at out_path only after it passed the checker and parity; a failure removes the temp.
@@ -246,7 +277,8 @@ def export_onnx(checkpoint: str | Path, cache_dir: str | Path, cfg: Config, out_
                 f"gives max |Δ probability| = {parity['max_abs_diff']:.3g} (allowed: export.parity_atol = "
                 f"{parity['atol']:.3g}) and {parity['argmax_mismatches']} different predicted classes (allowed: 0)")
         parity.update({"onnx": out_path.name, "model_name": meta.model_name, "version": version,
-                       "checkpoint": Path(checkpoint).name, "split": "val"})
+                       "checkpoint": Path(checkpoint).name, "split": "val",
+                       "int8": _int8(tmp, out_path.parent, data, cfg)})
         atomic_write_text(out_path.parent / PARITY_NAME, json.dumps(parity, indent=2) + "\n")
     _logger.info("exported %s (%s, version %s): parity max |Δ| %.2g on %d images", out_path, meta.model_name,
                  version, parity["max_abs_diff"], parity["images"])

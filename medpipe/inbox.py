@@ -170,8 +170,8 @@ def score_batch(inbox: Store, batch: str, onnx_path: str | Path, model_name: str
     # scored_at: when the batch's outputs were made, so a listing (the Scoring page) can show the newest first.
     record = {"batch": batch, "inbox": inbox.uri(batch), "model_name": model_name, "model_version": version,
               "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "seconds", "verified",
-                                         "verification")},
+              **{k: summary[k] for k in ("files", "scored", "kept", "errors", "provider", "precision", "model_file",
+                                         "seconds", "verified", "verification")},
               **_batch_profile(output, images, onnx_path, cfg, reference)}
     if record["drift"].get("drifted"):
         _logger.warning("batch %s DRIFTED from the training data (PSI > %s): %s", batch, record["drift"]["threshold"],

@@ -37,7 +37,8 @@ def local_source(path: Path, registry_source: dict[str, Any] | None) -> dict[str
 def verification(source: dict[str, Any], version: str) -> Verification:
     """{"verified", "reason"} of a scoring run's model (reason: one sentence naming the file or store key)."""
     if source.get("source") == "store":
-        return {"verified": True, "reason": f"model.onnx of {source.get('model_name')}/{source.get('version')} "
+        name = source.get("file") or "model.onnx"  # model.int8.onnx when scoring chose INT8
+        return {"verified": True, "reason": f"{name} of {source.get('model_name')}/{source.get('version')} "
                                             f"from the registry ({source.get('uri') or source.get('key')}), sha256 "
                                             f"{source.get('sha256')} verified against its manifest"}
     why = source.get("mismatch") or "it is outside the model store, so its sha256 was checked against no manifest"

@@ -57,6 +57,7 @@ META_KEYS = {
     "metrics": "validation metrics summary (JSON)",
     "members": "an ensemble's members: [{model, checkpoint_sha256}] (JSON); absent for a single model",
     "combine": "how an ensemble combines its members (the mean of their probabilities); absent for a single model",
+    "quantization": "how an INT8 copy was quantized (medpipe.quantize); absent for the FP32 model",
     **PRIOR_META_KEYS,
 }
 _REQUIRED = ("classes", "input_size", "input_channels", "output")
@@ -76,6 +77,7 @@ class OnnxModelInfo:
     manifest_hash: str | None = None
     prior_correction: list[float] | None = None  # None: the model predates prior correction
     tta: str = "none"  # "hflip": the graph averages over the image and its mirror; models before the key: "none"
+    precision: str = "fp32"  # "int8": a quantized copy (metadata key `quantization`)
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -176,7 +178,8 @@ def read_model_info(session: "onnxruntime.InferenceSession", source: str | Path 
                          model_name=meta.get("model_name"), version=meta.get("version"),
                          preprocess_version=meta.get("preprocess_version"),
                          manifest_hash=meta.get("manifest_hash"), prior_correction=factors,
-                         tta=meta.get("tta") or "none", metadata=meta)
+                         tta=meta.get("tta") or "none", precision="int8" if meta.get("quantization") else "fp32",
+                         metadata=meta)
 
 
 def read_file_metadata(onnx_path: str | Path) -> dict[str, str]:

@@ -20,7 +20,8 @@ Layout (relative to the run folder):
     gate.json                         the gate's decision
     timings/<task>.json               a stage's (or a per-model stage's) duration, written when it first finished
     record.json                       the run record (medpipe.run_record), also stored as runs/<run_id>/record.json
-    release/{model.onnx,parity.json,metrics.json,model_card.md,gate.json,config.yaml,reference.json,plots/*.png}
+    release/{model.onnx,parity.json,model.int8.onnx,int8.json,metrics.json,model_card.md,gate.json,config.yaml,
+             reference.json,plots/*.png}
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from medpipe.fileio import atomic_write_text
 
 __all__ = ["RunFolder", "RunIdentity", "RunFolderError", "RUN_RECORD", "RELEASE_FILES", "RELEASE_EVAL_FILES",
            "CHECKPOINT_NAMES", "HISTORY_NAME", "HISTORY_PLOT_NAME", "METRICS_NAME", "CARD_NAME", "GATE_NAME",
-           "PARITY_NAME", "ONNX_NAME", "CONFIG_NAME", "ENSEMBLE_NAME", "ENSEMBLE_RECORD",
+           "PARITY_NAME", "ONNX_NAME", "INT8_ONNX_NAME", "INT8_REPORT_NAME", "CONFIG_NAME", "ENSEMBLE_NAME",
+           "ENSEMBLE_RECORD",
            "code_commit", "config_hash", "default_run_dir", "identity_settings"]
 
 _logger = logging.getLogger(__name__)
@@ -68,7 +70,12 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 # What a release folder (and so a published registry version) holds beside model.onnx, from the run.
 RELEASE_EVAL_FILES = (METRICS_NAME, CARD_NAME)  # from models/<name>/eval/, required
 REFERENCE_NAME = "reference.json"  # the training reference for drift (medpipe.drift), when the run had enough images
-RELEASE_FILES = (ONNX_NAME, PARITY_NAME, METRICS_NAME, CARD_NAME, GATE_NAME, CONFIG_NAME, REFERENCE_NAME)
+# The INT8 copy for CPU scoring (medpipe.quantize), present only when it passed its check, and its report (always
+# written when export.int8 is on: the figures, or why it was not shipped).
+INT8_ONNX_NAME = "model.int8.onnx"
+INT8_REPORT_NAME = "int8.json"
+RELEASE_FILES = (ONNX_NAME, INT8_ONNX_NAME, PARITY_NAME, INT8_REPORT_NAME, METRICS_NAME, CARD_NAME, GATE_NAME,
+                 CONFIG_NAME, REFERENCE_NAME)
 # Settings that say where things are kept, or what is decided after the run (the gate, export, publishing and
 # scoring): the same trained models and metrics come out whatever they are, so they are not part of the identity
 # (`medpipe gate --set gate.min_metrics=...` on a finished run is an ordinary use, not a different run).

@@ -36,7 +36,7 @@ from medpipe.model_trust import local_source, verification
 from medpipe.onnx_runtime import active_provider, create_session, read_model_info
 from medpipe.preprocess import IMAGE_EXTENSIONS, ImageError, is_supported_image, load_image, preprocess_options
 from medpipe.priors import apply_prior_correction, deployment_correction, read_output_prior
-from medpipe.registry import resolve_model
+from medpipe.precision import resolve_for_scoring
 from medpipe.store import open_store
 
 __all__ = ["score_folder", "list_input_files", "errors_path_for", "ScoreError"]
@@ -85,20 +85,6 @@ def list_input_files(input_dir: Path, exclude: Sequence[str] = (),
         else:
             images.append((rel, path))
     return images, errors
-
-
-def _resolve(model_ref: str | Path, store: Any, cfg: Config, tmp: Path,
-             registry_source: dict[str, Any] | None) -> tuple[Path, dict[str, Any]]:
-    """A local .onnx file (or a folder holding model.onnx) as is; anything else through the registry."""
-    path = Path(model_ref)
-    if path.is_dir() and (path / "model.onnx").is_file():
-        path = path / "model.onnx"
-    if path.is_file():
-        return path, local_source(path, registry_source)
-    if str(model_ref).endswith(".onnx"):
-        raise FileNotFoundError(f"model file {model_ref} does not exist")
-    # resolve_model verifies the download against the published sha256 and raises IntegrityError otherwise.
-    return resolve_model(store if store is not None else open_store(cfg.store), str(model_ref), tmp)
 
 
 def _read_existing(output_csv: Path, header: list[str], version: str) -> list[list[str]]:
@@ -274,11 +260,12 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
 
     Args:
         model_ref_or_path: "champion", a version ("VERSION" or "MODEL/VERSION") in the store, or a local .onnx
-            file (or a folder holding model.onnx).
+            file (scored as is), or a release folder holding model.onnx (and maybe model.int8.onnx).
         input_dir: scanned recursively; paths in the CSV are relative to it.
         output_csv: columns path, predicted, prob_<class>..., then risk_<class>... when the model carries a prior
             correction, then model_verified ("true"/"false") and model_version. Must not be inside input_dir.
-        cfg: the config (score.batch_size, score.decode_workers, score.provider, data.max_pixels, store).
+        cfg: the config (score.batch_size, score.decode_workers, score.provider, score.precision, data.max_pixels,
+            store).
         store: the model store; default `open_store(cfg.store)` when a store reference is given.
         resume: keep the rows of an existing output and score only the files it lacks.
         overwrite: replace an existing output.
@@ -287,7 +274,8 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
             verified when the file's sha256 is the recorded one. Any other local file is scored, unverified.
 
     Returns:
-        Summary: output, errors_file, provider, model_version, model_name, model_sha256, files, scored, kept,
+        Summary: output, errors_file, provider, precision ("fp32" | "int8", read from the model that ran),
+        precision_reason (how it was chosen), model_file, model_version, model_name, model_sha256, files, scored, kept,
         errors, dropped (rows of an earlier output dropped on resume: their files are gone or now refused),
         seconds, images_per_s, prior_correction (the factors behind the risk columns, None without them),
         verified and verification (medpipe.model_trust: whether the model's sha256 was checked by the registry, why).
@@ -295,7 +283,14 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     input_dir, output_csv = Path(input_dir), Path(output_csv)
     _check_paths(input_dir, output_csv, resume, overwrite)
     with tempfile.TemporaryDirectory(prefix="medpipe-model-") as tmp:
-        onnx_path, source = _resolve(model_ref_or_path, store, cfg, Path(tmp), registry_source)
+        # A registry download is verified against the published sha256 (IntegrityError otherwise); which file
+        # (FP32 or INT8) follows score.precision and the provider (medpipe.precision).
+        ref = str(model_ref_or_path)
+        needs_store = store is None and not Path(ref).exists() and not ref.endswith(".onnx")  # a registry ref
+        onnx_path, source = resolve_for_scoring(model_ref_or_path, open_store(cfg.store) if needs_store else store,
+                                                Path(tmp), cfg.score.precision, cfg.score.provider)
+        if source.get("source") == "local":  # outside the store: vouched for only by a matching registry record
+            source = {**source, **local_source(onnx_path, registry_source)}
         session = create_session(onnx_path, cfg.score.provider, cfg.score.intra_op_threads)
     info = read_model_info(session, source.get("uri", onnx_path))
     try:  # the model's own preprocessing (version + options), so its pixels are the ones it was evaluated on
@@ -335,12 +330,15 @@ def score_folder(model_ref_or_path: str | Path, input_dir: str | Path, output_cs
     _write_csv_atomic(errors_file, ["path", "reason"], [list(e) for e in errors])
     scored = len(rows) - kept
     summary = {"output": str(output_csv), "errors_file": str(errors_file), "provider": active_provider(session),
+               "precision": info.precision, "precision_reason": source.get("precision_reason"),
+               "model_file": Path(onnx_path).name,
                "model_version": version, "model_name": info.model_name, "model_sha256": source.get("sha256"),
                "files": len(found), "scored": scored, "kept": kept,
                "errors": len(errors), "dropped": len(earlier) - kept, "seconds": round(seconds, 3),
                "images_per_s": round(scored / seconds, 1) if seconds > 0 and scored else None,
                "prior_correction": factors, "risk_prevalence": risk_prevalence, "verified": trust["verified"],
                "verification": trust["reason"]}
-    _logger.info("scored %d images (%d kept from before, %d errors) with %s on %s in %.1f s", scored, kept,
-                 len(errors), version, summary["provider"], seconds)
+    _logger.info("scored %d images (%d kept from before, %d errors) with %s (%s, %s: %s) on %s in %.1f s", scored,
+                 kept, len(errors), version, summary["model_file"], info.precision.upper(), summary["precision_reason"],
+                 summary["provider"], seconds)
     return summary

@@ -109,10 +109,18 @@ def test_gate_candidates_ships_only_the_ensemble(ensemble_run, tmp_path):
 def test_export_and_score_the_ensemble_as_one_onnx(ensemble_run, tmp_path, capsys):
     run, data = ensemble_run
     out = tmp_path / "release"
-    assert main(["export", "--run", str(run), "--model", "ensemble", "--version", "e1", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
+    # 24 val images: the default 0.97 allows no changed decision at all, and these 2-epoch networks leave near-ties
+    # (one image flips); 0.9 keeps the check meaningful at this size (a failing check is tests/test_int8.py's).
+    assert main(["export", "--run", str(run), "--model", "ensemble", "--version", "e1", "--out", str(out),
+                 "--set", "export.int8_min_agreement=0.9"]) == 0
+    # Both networks and the mean in one graph, and its INT8 copy, checked against it on val (medpipe.quantize).
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.int8.onnx", "model.onnx"]
     parity = json.loads((out / "parity.json").read_text())
-    assert parity["passed"] is True and parity["model_name"] == "ensemble"
+    assert parity["passed"] is True and parity["model_name"] == "ensemble" and parity["int8"]["shipped"] is True
+    int8 = json.loads((out / "int8.json").read_text())
+    assert int8["check"]["argmax_agreement"] >= 0.9 and int8["check"]["auc_diff"] <= 0.01
+    assert read_file_metadata(out / "model.int8.onnx")["members"] == read_file_metadata(out / "model.onnx")["members"]
+    assert "INT8 (model.int8.onnx): shipped" in capsys.readouterr().out
     metadata = read_file_metadata(out / "model.onnx")
     members = json.loads(metadata["members"])
     assert [m["model"] for m in members] == list(_MEMBERS)

@@ -293,7 +293,9 @@ def test_store_model_is_verified_and_a_tampered_one_refused(trained_run, model_d
     store = LocalStore(tmp_path / "store")
     publish_version(store, model_dir, "custom_cnn", "v1", promote=True)  # no gate.json in model_dir
     folder = _images_folder(trained_run, tmp_path / "in")
-    summary = score_folder("champion", folder, tmp_path / "ok.csv", trained_run.cfg, store=store)
+    # FP32 asked for: on CPU auto would score the INT8 copy (tests/test_int8.py checks that one the same way).
+    fp32 = shipping_config(trained_run.work, "score.precision=fp32")
+    summary = score_folder("champion", folder, tmp_path / "ok.csv", fp32, store=store)
     assert summary["model_version"] == "v1" and summary["scored"] == len(list(folder.rglob("*.png")))
     assert summary["model_sha256"] == store.sha256("models/custom_cnn/v1/model.onnx")
 
@@ -303,7 +305,7 @@ def test_store_model_is_verified_and_a_tampered_one_refused(trained_run, model_d
     stored.write_bytes(bytes(data))
     for ref in ("champion", "v1", "custom_cnn/v1"):
         with pytest.raises(IntegrityError, match="does not match the recorded sha256"):
-            score_folder(ref, folder, tmp_path / f"bad-{ref.replace('/', '-')}.csv", trained_run.cfg, store=store)
+            score_folder(ref, folder, tmp_path / f"bad-{ref.replace('/', '-')}.csv", fp32, store=store)
     assert not list(tmp_path.glob("bad-*"))
 
 

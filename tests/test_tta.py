@@ -74,6 +74,12 @@ def test_export_with_tta_passes_parity_and_records_it(trained_run, tta_run):  # 
     onnx_probs = predict_onnx(create_session(tta_run.onnx, "cpu"), images)
     np.testing.assert_allclose(onnx_probs, predict_probs(model, images, tta=True), atol=1e-5, rtol=0)
     assert np.abs(onnx_probs - predict_probs(model, images)).max() > 1e-4
+    # The INT8 copy keeps the flip and the mean inside (float after the Softmax) and passes its check.
+    int8 = tta_run.onnx.parent / "model.int8.onnx"
+    assert json.loads((tta_run.onnx.parent / "int8.json").read_text())["shipped"] is True
+    assert read_model_info(create_session(int8, "cpu")).tta == "hflip"
+    int8_probs = predict_onnx(create_session(int8, "cpu"), images)
+    assert np.mean(int8_probs.argmax(axis=1) == onnx_probs.argmax(axis=1)) >= 0.97
 
 
 def test_a_plain_export_records_no_tta(trained_run, tmp_path):  # noqa: F811

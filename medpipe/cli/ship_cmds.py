@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medpipe.cli import config_from_args
-from medpipe.run_folder import ONNX_NAME, PARITY_NAME, RunFolder
+from medpipe.run_folder import INT8_ONNX_NAME, INT8_REPORT_NAME, ONNX_NAME, PARITY_NAME, RunFolder
 from medpipe.score import score_folder
 from medpipe.store import open_store
 from medpipe.stages import export, gate, run_stage
@@ -60,6 +60,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {name} version {version} to {out / ONNX_NAME}")
     print(f"parity on {parity['images']} val images: max |Δ| {parity['max_abs_diff']:.2g} "
           f"(allowed {parity['atol']:.2g}), argmax mismatches {parity['argmax_mismatches']}")
+    int8 = parity.get("int8") or {}
+    print(f"INT8 ({INT8_ONNX_NAME}): " + ("shipped" if int8.get("shipped") else "not shipped") +
+          f" - {int8.get('reason')}" + (f" (figures: {out / INT8_REPORT_NAME})" if (out / INT8_REPORT_NAME).is_file()
+                                        else ""))
     print(f"publish with: medpipe publish --version-dir {out} --model-name {name} --version {version}")
     return 0
 
@@ -77,9 +81,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.store:
         cfg.store = dataclasses.replace(cfg.store, uri=args.store)
+    if args.precision:
+        cfg.score = dataclasses.replace(cfg.score, precision=args.precision)
     summary = score_folder(args.model, args.input, args.output, cfg, resume=args.resume, overwrite=args.overwrite)
     rate = summary["images_per_s"]
-    print(f"model {summary['model_name']} version {summary['model_version']} on {summary['provider']}")
+    print(f"model {summary['model_name']} version {summary['model_version']} on {summary['provider']}, "
+          f"{summary['precision'].upper()} {summary['model_file']} ({summary['precision_reason']})")
     print(f"scored {summary['scored']} images, kept {summary['kept']} from the existing output, "
           f"{summary['errors']} errors, {summary['seconds']:.1f} s" + (f" ({rate} img/s)" if rate else ""))
     print(f"predictions: {summary['output']}  errors: {summary['errors_file']}")
@@ -110,8 +117,9 @@ def register(subparsers: Any, add_common: Any) -> None:
     p = subparsers.add_parser(
         "export", help="ONNX export + parity check into a folder ready for `medpipe publish`",
         description="Copies metrics.json, model_card.md, plots/, gate.json and config.yaml from the run, then "
-                    "writes parity.json and OUT/model.onnx (last). Running it again returns the export that is "
-                    "there; asking for another model or version there is refused.")
+                    "writes parity.json, the INT8 copy OUT/model.int8.onnx with int8.json (export.int8; shipped "
+                    "only when it agrees with FP32 on val), and OUT/model.onnx (last). Running it again returns "
+                    "the export that is there; asking for another model or version there is refused.")
     p.add_argument("--run", required=True, help="a `medpipe run` output folder")
     p.add_argument("--data", help="the dataset root of that run (default: the one it recorded); parity uses its "
                    "val images")
@@ -140,6 +148,9 @@ def register(subparsers: Any, add_common: Any) -> None:
     p.add_argument("--input", required=True, help="folder of images (recursive)")
     p.add_argument("--output", required=True, help="predictions CSV")
     p.add_argument("--store", metavar="URI", help="model store (default: store.uri)")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"],
+                   help="model to score with (default: score.precision, auto = FP32 on CUDA, INT8 on CPU when the "
+                        "version has one)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep rows of an existing output, score the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing output")

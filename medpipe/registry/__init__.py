@@ -14,22 +14,23 @@ Rules:
 - A publish that died half-way is completed by running it again: files already stored with the same sha256
   are skipped, the rest uploaded, then manifest and champion written.
 - Model and version names match ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and never contain ``..``.
-- ``resolve_model`` verifies the downloaded model.onnx against the manifest (and champion) sha256 and refuses
-  a mismatch with :class:`IntegrityError`.
+- ``resolve_model`` verifies the downloaded model.onnx (or ``model.int8.onnx``, the optional INT8 copy) against
+  the manifest (and champion) sha256 and refuses a mismatch with :class:`IntegrityError`.
 
 Modules: ``common`` (names, errors, the champion pointer), ``publish`` (writing a version), ``promotion`` (who may
 become champion), ``lookup`` (listing, showing and downloading versions).
 """
 
 from medpipe.registry.common import (
-    CHAMPION_KEY, MANIFEST_NAME, MODEL_FILE, MODELS_PREFIX, REQUIRED_FILES, IntegrityError, RegistryError,
-    new_version_name, read_champion, validate_name,
+    CHAMPION_KEY, INT8_MODEL_FILE, MANIFEST_NAME, MODEL_FILE, MODELS_PREFIX, REQUIRED_FILES, IntegrityError,
+    MissingFileError, RegistryError, new_version_name, read_champion, validate_name,
 )
 from medpipe.registry.lookup import list_versions, resolve_model, show_version
 from medpipe.registry.publish import publish_version
 
 __all__ = [
-    "RegistryError", "IntegrityError", "publish_version", "list_versions", "show_version", "read_champion",
+    "RegistryError", "IntegrityError", "MissingFileError", "publish_version", "list_versions", "show_version",
+    "read_champion",
     "resolve_model", "new_version_name", "validate_name", "CHAMPION_KEY", "MODELS_PREFIX", "MANIFEST_NAME",
-    "MODEL_FILE", "REQUIRED_FILES",
+    "MODEL_FILE", "INT8_MODEL_FILE", "REQUIRED_FILES",
 ]

@@ -14,6 +14,7 @@ CHAMPION_KEY = "champion.json"
 MODELS_PREFIX = "models/"
 MANIFEST_NAME = "manifest.json"
 MODEL_FILE = "model.onnx"
+INT8_MODEL_FILE = "model.int8.onnx"  # optional: the INT8 copy for CPU scoring (medpipe.quantize)
 REQUIRED_FILES = (MODEL_FILE, "metrics.json")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -22,6 +23,10 @@ ProgressHook = Callable[[str, str], None]  # (key, "uploaded" | "skipped"), call
 
 class RegistryError(RuntimeError):
     """A registry operation cannot proceed; the message names the model/version/file and what is expected."""
+
+
+class MissingFileError(RegistryError):
+    """The version exists but does not hold the file asked for (e.g. one exported without an INT8 model)."""
 
 
 class IntegrityError(RegistryError):

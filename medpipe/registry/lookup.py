@@ -8,8 +8,8 @@ from typing import Any
 
 from medpipe.fileio import atomic_output
 from medpipe.registry.common import (
-    MANIFEST_NAME, MODEL_FILE, MODELS_PREFIX, IntegrityError, RegistryError, _is_champion, _read_json,
-    _version_prefix, read_champion, validate_name,
+    MANIFEST_NAME, MODEL_FILE, MODELS_PREFIX, IntegrityError, MissingFileError, RegistryError, _is_champion,
+    _read_json, _version_prefix, read_champion, validate_name,
 )
 from medpipe.store import Store, sha256_file
 
@@ -99,37 +99,45 @@ def show_version(store: Store, ref: str) -> dict[str, Any]:
             "is_champion": _is_champion(read_champion(store), model_name, version)}
 
 
-def resolve_model(store: Store, ref: str, dest_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Download and verify the model.onnx that ``ref`` names; a ref ending in ``.onnx`` is a local file.
+def resolve_model(store: Store, ref: str, dest_dir: Path, file: str = MODEL_FILE) -> tuple[Path, dict[str, Any]]:
+    """Download and verify the model.onnx (or another model file of the version, e.g. ``INT8_MODEL_FILE``) that
+    ``ref`` names; a ref ending in ``.onnx`` is a local file.
 
     Args:
         store: the store.
         ref: "champion", "VERSION", "MODEL/VERSION", or a path to a local .onnx file (used as is).
-        dest_dir: downloads land in ``dest_dir/<model_name>/<version>/model.onnx`` (reused when its sha256 fits).
+        dest_dir: downloads land in ``dest_dir/<model_name>/<version>/<file>`` (reused when its sha256 fits).
+        file: the file of the version to fetch; the manifest must list it.
 
     Returns:
-        (path of model.onnx, info) with info ``{"source": "store" | "local", "sha256", ...}``.
+        (path of the file, info) with info ``{"source": "store" | "local", "sha256", "file", ...}``.
 
     Raises:
-        IntegrityError: the downloaded bytes do not match the manifest's sha256 (or the champion's).
+        RegistryError: the version's manifest does not list ``file`` (for the INT8 model: exported without one).
+        IntegrityError: the downloaded bytes do not match the manifest's sha256 (or, for the champion, the
+            manifest's model.onnx does not match champion.json).
     """
     if ref.endswith(".onnx"):
         if not Path(ref).is_file():
             raise RegistryError(f"local model file {ref} does not exist")
-        return Path(ref), {"source": "local", "ref": ref, "path": ref, "sha256": sha256_file(ref)}
+        return Path(ref), {"source": "local", "ref": ref, "path": ref, "sha256": sha256_file(ref), "file": None}
     info = show_version(store, ref)
     model_name, version = info["model_name"], info["version"]
-    entry = next((e for e in info["files"] if e["path"] == MODEL_FILE), None)
-    if entry is None:
+    entries = {e["path"]: e for e in info["files"]}
+    if MODEL_FILE not in entries:
         raise RegistryError(f"{store.uri(info['manifest_key'])} lists no {MODEL_FILE}")
-    key, expected = _version_prefix(model_name, version) + MODEL_FILE, entry["sha256"]
-    if ref == "champion":
+    if file not in entries:
+        raise MissingFileError(f"version {model_name}/{version} has no {file} ({store.uri(info['manifest_key'])} "
+                            f"lists {sorted(entries)})")
+    if ref == "champion":  # the pointer records model.onnx's sha256: it proves the manifest is the champion's
         champion = read_champion(store) or {}
-        if champion.get("sha256") != expected:
+        if champion.get("sha256") != entries[MODEL_FILE]["sha256"]:
             raise IntegrityError(
-                f"{store.uri(key)}: champion.json says sha256 {champion.get('sha256')} but the manifest says {expected}"
+                f"{store.uri(_version_prefix(model_name, version) + MODEL_FILE)}: champion.json says sha256 "
+                f"{champion.get('sha256')} but the manifest says {entries[MODEL_FILE]['sha256']}"
             )
-    dest = Path(dest_dir) / model_name / version / MODEL_FILE
+    key, expected = _version_prefix(model_name, version) + file, entries[file]["sha256"]
+    dest = Path(dest_dir) / model_name / version / file
     downloaded = not (dest.is_file() and sha256_file(dest) == expected)
     if downloaded:
         # Verified inside the block: only bytes that match the manifest are ever moved to the final name; a
@@ -145,4 +153,5 @@ def resolve_model(store: Store, ref: str, dest_dir: Path) -> tuple[Path, dict[st
     return dest, {"source": "store", "ref": ref, "model_name": model_name, "version": version, "key": key,
                   "uri": store.uri(key), "sha256": expected, "published_at": info.get("published_at"),
                   "metrics": info.get("metrics", {}), "is_champion": info["is_champion"], "path": str(dest),
-                  "downloaded": downloaded}
+                  "downloaded": downloaded, "file": file, "files": sorted(entries),
+                  "model_onnx_sha256": entries[MODEL_FILE]["sha256"]}
