@@ -145,7 +145,7 @@ def test_missing_int8_auto_falls_back_explicit_int8_errors(failed_release, relea
 def test_publish_uploads_and_score_verifies_the_int8_model(release, failed_release, trained_run,  # noqa: F811
                                                            tmp_path):
     store = LocalStore(tmp_path / "store")
-    result = publish_version(store, release, "custom_cnn", "v1")
+    result = publish_version(store, release, "custom_cnn", "v1", promote=True)  # no gate ran: promoted by hand
     assert "model.int8.onnx" in result["uploaded"] and "int8.json" in result["uploaded"]
     manifest = json.loads(store.get_bytes("models/custom_cnn/v1/manifest.json"))
     recorded = {e["path"]: e["sha256"] for e in manifest["files"]}

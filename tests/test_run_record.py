@@ -55,6 +55,7 @@ def _publish(run: RunFolder, store: Store, version: str) -> None:
     release.mkdir()
     (release / "metrics.json").write_bytes(run.metrics_path("resnet18").read_bytes())
     (release / "parity.json").write_text(json.dumps({"model_name": "resnet18", "version": version}))
+    (release / "gate.json").write_bytes(run.gate_path.read_bytes())  # the verdict that lets it become champion
     (release / "model.onnx").write_bytes(b"onnx bytes")
     publish_version(store, release, "resnet18", version)
 

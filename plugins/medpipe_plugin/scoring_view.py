@@ -22,6 +22,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
+from medpipe_plugin.metric_views import fmt as _fmt
 from medpipe_plugin.pages import page_html
 from medpipe_plugin.scores import SCORE_FILES, BatchView, load_batches, score_file_key
 
@@ -36,14 +37,6 @@ _logger = logging.getLogger(__name__)
 _FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
 _STYLE = ".drift{background:#fbdcdc;color:#8a1c1c} td.over{background:#fde9e9;font-weight:600} " \
          ".unverified{background:#fff1c2;color:#6b4e00} tr.drifted td:first-child{border-left:4px solid #c62828}"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return escape(str(value))
 
 
 def _file_url(root: str, b: BatchView, name: str) -> str:
