@@ -1,5 +1,6 @@
-"""HTML pieces of a version's metrics.json beyond the headline table: intervals, calibration and pairwise AUC (what
-the model card, medpipe/evaluate/card.py, writes from the same data), shared by the version and compare pages.
+"""HTML pieces of a version's metrics.json beyond the headline table: intervals, calibration, pairwise AUC and
+operating points (what the model card, medpipe/evaluate/card.py, writes from the same data), shared by the version
+and compare pages.
 
 No import of pages.py (which imports this), so the plugin's modules form no cycle.
 """
@@ -66,8 +67,27 @@ def _pairwise(m: dict[str, Any]) -> str:
             f"0.5 is told apart at chance.</p><table>{rows}</table>")
 
 
+# Per-class operating points as medpipe.evaluate.metrics writes them into per_class (the card's table too).
+_OPERATING_POINTS = (("roc_auc", "ROC AUC"), ("average_precision", "AP"),
+                     ("sensitivity_at_90_specificity", "sensitivity at 90 % specificity"),
+                     ("sensitivity_at_95_specificity", "sensitivity at 95 % specificity"))
+
+
+def _operating_points(m: dict[str, Any]) -> str:
+    per_class = m.get("per_class")
+    if not isinstance(per_class, dict) or not per_class:
+        return ""
+    header = "".join(f"<th>{label}</th>" for _, label in _OPERATING_POINTS)
+    rows = "".join(f"<tr><th>{escape(str(c))}</th>" + "".join(f"<td class=num>{fmt((v or {}).get(k))}</td>"
+                                                             for k, _ in _OPERATING_POINTS) + "</tr>"
+                   for c, v in per_class.items())
+    return ("<h3>Operating points</h3><p class=muted>One class against the rest: the sensitivity the model reaches "
+            f"at a fixed specificity (a screening threshold).</p><table><tr><th>class</th>{header}</tr>{rows}</table>")
+
+
 def version_details(split: str, m: dict[str, Any]) -> str:
-    """Intervals, calibration and pairwise AUC of one split of metrics.json ("" for an empty split)."""
+    """Intervals, calibration, pairwise AUC and operating points of one split of metrics.json ("" for none)."""
     if not m:
         return ""
-    return f"<h3>{escape(split)}: intervals</h3>{_intervals(m)}{_calibration(m)}{_pairwise(m)}"
+    return (f"<h3>{escape(split)}: intervals</h3>{_intervals(m)}{_calibration(m)}{_pairwise(m)}"
+            f"{_operating_points(m)}")

@@ -92,11 +92,14 @@ def _read_summary(store: Store, key: str, problems: list[str]) -> dict[str, Any]
 
 def load_batches(store: Store) -> tuple[list[BatchView], list[str]]:
     """Every scored batch, newest first (summary.json's scored_at; batches without one after them, by name), and
-    the keys under scores/ that are not inside scores/<model>/<version>/<batch>/."""
+    the keys under scores/ that are not inside scores/<model>/<version>/<batch>/ (other than the scoring DAG's
+    scores/<run>/<file>, which belong to no batch and are left out)."""
     groups: dict[tuple[str, str, str], list[str]] = {}
     problems: list[str] = []
     for key in store.list(SCORES_PREFIX):
         parts = key[len(SCORES_PREFIX):].split("/")
+        if len(parts) == 2:  # medpipe_score's folder runs (scores/<run>/<file>): scored folders, not inbox batches
+            continue
         if len(parts) != 4:
             problems.append(f"{key} is not inside scores/<model>/<version>/<batch>/")
             continue

@@ -23,7 +23,7 @@ from urllib.parse import quote, urljoin
 
 import pytest
 
-from airflow_layer.scored_batches import score_inbox
+from airflow_layer.scored_batches import export_untrained, score_inbox
 from airflow_layer.test_dags_run import FAST_TRAINING, UNTRAINED
 from conftest import write_dataset
 
@@ -204,6 +204,24 @@ def _rejected_run(server: Standalone, data: Path) -> str:
     return run_id
 
 
+def _publish_a_gated_version(store: Any, champion: dict[str, Any], folder: Path) -> None:
+    """A second version beside the champion (so the Models page offers a compare link): the champion's files with
+    an untrained model and a failed gate verdict, published by medpipe.registry (not champion: its gate failed)."""
+    from medpipe.registry import publish_version
+
+    prefix = f"models/{champion['model_name']}/{champion['version']}/"
+    for key in store.list(prefix):
+        rel = key.removeprefix(prefix)
+        if rel != "manifest.json" and not rel.endswith(".onnx"):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(store.get_bytes(key))
+    gate = json.loads((folder / "gate.json").read_text())
+    (folder / "gate.json").write_text(json.dumps({**gate, "passed": False, "reasons": ["untrained (e2e test)"]}))
+    export_untrained(folder, "custom_cnn", "20000101T000000-untrained")
+    result = publish_version(store, folder, "custom_cnn", "20000101T000000-untrained")
+    assert result["status"] == "published" and not result["champion_updated"], result
+
+
 def _walk_links(page, base_url: str, start: str) -> set[str]:
     """Every href and img src under /medpipe reachable from `start`, fetched with the browser's login cookie."""
     import re
@@ -243,6 +261,7 @@ def _check_operator_pages(page, base_url: str, champion: dict[str, Any], rejecte
     assert all(images.nth(i).evaluate("img => img.complete && img.naturalWidth > 0") for i in range(images.count()))
     page.goto(f"{base_url}/medpipe/scoring")
     assert "DRIFT" in page.locator("tr.drifted").first.inner_text()
+    assert "Problems" not in page.content()  # the scoring DAG's own outputs (scores/<run>/) are no problem
     page.screenshot(path=str(SCORING_SCREENSHOT), full_page=True)
     seen = _walk_links(page, base_url, "/medpipe/models")
     assert {"/medpipe/runs", "/medpipe/scoring"} <= seen and any(u.endswith("/card") for u in seen)
@@ -267,6 +286,7 @@ def test_retrain_over_rest_then_models_page_in_a_browser(standalone: Standalone,
     rejected_run_id = _rejected_run(standalone, tmp_path / "data")
     store = open_store(StoreConfig(uri=str(standalone.home / "store")))
     score_inbox(store, None, champion["model_name"], champion["version"], tmp_path / "inbox")
+    _publish_a_gated_version(store, champion, tmp_path / "gated")
 
     # Without credentials: an API client gets 401, a browser is sent to the login page.
     assert httpx.get(f"{standalone.base_url}/medpipe/models", timeout=30).status_code == 401

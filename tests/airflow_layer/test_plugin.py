@@ -28,7 +28,8 @@ SCORER_VERSION = "20260115T000000-dddddd"
 
 def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
     per_class = {c: {"precision": 0.5, "recall": 0.25 if c == "cancer" else 0.75, "f1": 0.5, "support": 4,
-                     "roc_auc": auc, "average_precision": 0.4} for c in CLASSES}
+                     "roc_auc": auc, "average_precision": 0.4, "sensitivity_at_90_specificity": 0.375,
+                     "sensitivity_at_95_specificity": 0.125} for c in CLASSES}
     return {"n": 12, "accuracy": accuracy, "balanced_accuracy": accuracy - 0.1, "f1_weighted": 0.6, "f1_macro": 0.55,
             "macro_auc": auc, "per_class": per_class, "confusion_matrix": [[3, 1, 0], [1, 2, 1], [0, 1, 3]],
             "confidence_intervals": {"level": 0.95, "macro_auc": None if auc is None else [auc - 0.1, auc + 0.05],
@@ -311,9 +312,12 @@ def test_run_detail_page_shows_every_model(client, auth) -> None:
     assert client.get("/medpipe/runs/no-such-run", headers=auth).status_code == 404
 
 
-def test_version_page_shows_intervals_calibration_and_pairwise_auc(client, auth) -> None:
+def test_version_page_shows_intervals_calibration_pairwise_auc_and_operating_points(client, auth) -> None:
     page = client.get("/medpipe/models/custom_cnn/20260101T000000-aaaaaa", headers=auth).text
     assert "[0.510–0.660]" in page and "Brier score 0.410" in page and "normal vs cancer" in page
+    assert "Operating points" in page and "sensitivity at 95 % specificity" in page
+    assert "<th>cancer</th><td class=num>0.610</td><td class=num>0.400</td><td class=num>0.375</td>" \
+           "<td class=num>0.125</td>" in page
 
 
 def test_compare_page_shows_metrics_no_invented_paired_difference_and_the_config_diff(client, auth) -> None:
