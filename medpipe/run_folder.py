@@ -21,7 +21,7 @@ Layout (relative to the run folder):
     timings/<task>.json               a stage's (or a per-model stage's) duration, written when it first finished
     record.json                       the run record (medpipe.run_record), also stored as runs/<run_id>/record.json
     release/{model.onnx,parity.json,model.int8.onnx,int8.json,metrics.json,model_card.md,gate.json,config.yaml,
-             reference.json,plots/*.png}
+             reference.json,predictions.json,plots/*.png}
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from medpipe.fileio import atomic_write_text
 
 __all__ = ["RunFolder", "RunIdentity", "RunFolderError", "RUN_RECORD", "RELEASE_FILES", "RELEASE_EVAL_FILES",
            "CHECKPOINT_NAMES", "HISTORY_NAME", "HISTORY_PLOT_NAME", "METRICS_NAME", "CARD_NAME", "GATE_NAME",
-           "PARITY_NAME", "ONNX_NAME", "INT8_ONNX_NAME", "INT8_REPORT_NAME", "CONFIG_NAME", "ENSEMBLE_NAME",
+           "PARITY_NAME", "PAIRED_NAME", "ONNX_NAME", "INT8_ONNX_NAME", "INT8_REPORT_NAME", "CONFIG_NAME", "ENSEMBLE_NAME",
            "ENSEMBLE_RECORD",
            "code_commit", "config_hash", "default_run_dir", "identity_settings"]
 
@@ -74,8 +74,11 @@ REFERENCE_NAME = "reference.json"  # the training reference for drift (medpipe.d
 # written when export.int8 is on: the figures, or why it was not shipped).
 INT8_ONNX_NAME = "model.int8.onnx"
 INT8_REPORT_NAME = "int8.json"
+# Per-image labels and probabilities on the gate's split without names or ids (medpipe.paired_predictions), so any
+# two published versions scored on the same images can be compared pairwise.
+PAIRED_NAME = "predictions.json"
 RELEASE_FILES = (ONNX_NAME, INT8_ONNX_NAME, PARITY_NAME, INT8_REPORT_NAME, METRICS_NAME, CARD_NAME, GATE_NAME,
-                 CONFIG_NAME, REFERENCE_NAME)
+                 CONFIG_NAME, REFERENCE_NAME, PAIRED_NAME)
 # Settings that say where things are kept, or what is decided after the run (the gate, export, publishing and
 # scoring): the same trained models and metrics come out whatever they are, so they are not part of the identity
 # (`medpipe gate --set gate.min_metrics=...` on a finished run is an ordinary use, not a different run).

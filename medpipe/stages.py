@@ -28,16 +28,17 @@ from typing import Any
 
 from medpipe import distributed
 from medpipe.config import Config, config_to_dict
-from medpipe.contracts import read_gate_decision
+from medpipe.contracts import read_gate_decision, read_metrics
 from medpipe.data.cache import build_cache, cache_dir_for, dataset_manifest, is_complete
 from medpipe.data.validate import format_validation_summary, validate_dataset
 from medpipe.device_lease import leased_device, leased_devices
 from medpipe.drift import REFERENCE_NAME, write_reference
 from medpipe.ensemble import write_ensemble_record
 from medpipe.export import export_onnx
+from medpipe.paired_predictions import write_paired_predictions
 from medpipe.registry import new_version_name, publish_version, validate_name
 from medpipe.release import read_release, stage_release_files
-from medpipe.run_folder import ENSEMBLE_NAME, ONNX_NAME, RunFolder, RunFolderError
+from medpipe.run_folder import ENSEMBLE_NAME, ONNX_NAME, PAIRED_NAME, RunFolder, RunFolderError
 from medpipe.store import open_store
 from medpipe.train import train_model
 
@@ -251,8 +252,20 @@ def export(run: RunFolder, cfg: Config, version: str | None = None, model: str |
     cache_dir = _cache_dir(run, cfg)
     stage_release_files(run.eval_dir(name), out, run.gate_path, run.config_path)
     _write_drift_reference(cache_dir, run.eval_dir(name), name, out)
+    _write_paired_predictions(run, cfg, name, out)
     export_onnx(run.model_source(name), cache_dir, cfg, out / ONNX_NAME, run.metrics_path(name), version)
     return {"version_dir": str(out), "model_name": name, "version": version}
+
+
+def _write_paired_predictions(run: RunFolder, cfg: Config, name: str, out: Path) -> None:
+    """predictions.json on the gate's split (medpipe.paired_predictions), for paired comparisons of published
+    versions; a model not evaluated on that split ships without it, and the compare page says so."""
+    csv_path = run.eval_dir(name) / f"predictions_{cfg.gate.split}.csv"
+    if not csv_path.is_file():
+        _logger.info("no %s: %s ships without %s", csv_path, name, PAIRED_NAME)
+        return
+    report = read_metrics(run.metrics_path(name))
+    write_paired_predictions(csv_path, cfg.gate.split, list(report.classes), report.manifest_hash, out / PAIRED_NAME)
 
 
 def _write_drift_reference(cache_dir: Path, eval_dir: Path, name: str, out: Path) -> None:

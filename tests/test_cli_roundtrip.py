@@ -63,6 +63,10 @@ def test_run_gate_export_publish_score(tmp_path, s3_server, capsys):
         p.name for p in out.iterdir()}
     assert list((out / "plots").glob("*.png"))
     assert json.loads((out / "parity.json").read_text())["model_name"] == challenger
+    paired = json.loads((out / "predictions.json").read_text())  # for paired comparisons, without names
+    val_csv = (run / "models" / challenger / "eval" / "predictions_val.csv").read_text().splitlines()
+    assert paired["split"] == "val" and len(paired["probs"]) == len(val_csv) - 1
+    assert val_csv[1].split(",")[0] not in json.dumps(paired)
     assert f"--model-name {challenger} --version v1" in capsys.readouterr().out
     onnx_bytes = (out / "model.onnx").read_bytes()
     assert main(["export", "--run", str(run), "--data", str(data)]) == 0  # the export that is there

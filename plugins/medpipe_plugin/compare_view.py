@@ -1,10 +1,11 @@
 """The compare page, /medpipe/compare?a=<model>/<version>&b=<model>/<version>: two published versions side by side.
 
-Shown: each split's headline metrics with their 95 % intervals and the plain difference b − a; a paired difference
-only where the store holds one that was computed on the same images (the gate's champion comparison in b's
-gate.json, when a was the champion b was gated against), because a published version keeps metrics.json but not
-its per-image predictions, and intervals of a difference cannot be derived from two separate intervals; and the
-config diff, key by key, of the two versions' config.yaml.
+Shown: each split's headline metrics with their 95 % intervals and the plain difference b − a; the paired
+difference b − a with its patient-bootstrap interval (medpipe.paired_predictions) where both versions published
+predictions.json for the same images (same split, dataset version and image order), else the gate's champion
+comparison in b's gate.json when a was the champion b was gated against, else a sentence saying why there is
+none (intervals of a difference cannot be derived from two separate intervals); and the config diff, key by key,
+of the two versions' config.yaml.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from medpipe.contracts import HEADLINE_METRICS
+from medpipe.run_folder import PAIRED_NAME
 from medpipe_plugin.catalog import Catalog, VersionView, artifact_key, check_segment, load_catalog
 from medpipe_plugin.metric_views import fmt, interval_text
 from medpipe_plugin.pages import _page
@@ -66,8 +68,33 @@ def _metric_rows(va: VersionView, vb: VersionView) -> str:
     return "".join(parts)
 
 
-def _paired(va: VersionView, vb: VersionView) -> str:
-    """The gate's paired comparison when one version was gated against the other; otherwise why there is none."""
+def _from_predictions(va: VersionView, vb: VersionView, predictions: list[dict[str, Any] | None]) -> str | None:
+    """The paired difference from both versions' predictions.json; a sentence why not when they do not pair; None
+    when either has none."""
+    from medpipe.paired_predictions import paired_difference
+
+    if any(p is None for p in predictions):
+        return None
+    try:
+        result = paired_difference(predictions[0], predictions[1])
+    except ValueError as exc:
+        return f"<p>No paired difference: {escape(str(exc))}.</p>"
+    rows = "".join(f"<tr><th>{escape(k)}</th><td class=num>{fmt((result.get(k) or {}).get('difference'))}</td>"
+                   f"<td class=num>{interval_text((result.get(k) or {}).get('interval')) or '—'}</td></tr>"
+                   for k in ("macro_auc", "balanced_accuracy"))
+    return (f"<p>Paired on the same {len(predictions[0]['labels'])} images of the "
+            f"{escape(str(predictions[0]['split']))} split ({fmt(result.get('groups'))} patients, "
+            f"{fmt(result.get('kept'))} bootstrap resamples kept), {escape(vb.version)} minus "
+            f"{escape(va.version)}:</p><table><tr><th>metric</th><th>difference (b − a)</th>"
+            f"<th>95 % interval</th></tr>{rows}</table>")
+
+
+def _paired(va: VersionView, vb: VersionView, predictions: list[dict[str, Any] | None] = (None, None)) -> str:
+    """The paired difference from the versions' predictions, else the gate's paired comparison when one version
+    was gated against the other; otherwise why there is none."""
+    shown = _from_predictions(va, vb, list(predictions))
+    if shown is not None:
+        return shown
     for new, old in ((vb, va), (va, vb)):
         gate = new.gate
         champion = (gate.champion or {}) if gate else {}
@@ -87,13 +114,13 @@ def _paired(va: VersionView, vb: VersionView) -> str:
     data = ("both were evaluated on the same dataset version" if same else
             "they were evaluated on different (or unrecorded) dataset versions, so even their point figures are "
             "not strictly comparable")
-    return ("<p>No paired difference: a published version keeps metrics.json but not its per-image predictions "
-            "(predictions_&lt;split&gt;.csv stay in the run folder), and neither version's gate.json compared it "
+    return ("<p>No paired difference: at least one version has no predictions.json (published before it existed, "
+            "or its run did not evaluate the gate's split), and neither version's gate.json compared it "
             f"with the other; {data}. The b − a column is the difference of the point estimates only.</p>")
 
 
 def render_compare(va: VersionView, vb: VersionView, diff: list[tuple[str, Any, Any]], root: str,
-                   config_note: str) -> str:
+                   config_note: str, predictions: list[dict[str, Any] | None] = (None, None)) -> str:
     def head(v: VersionView) -> str:
         badge = ' <span class="badge champion">champion</span>' if v.is_champion else ""
         return f'<a href="{root}/models/{quote(v.model_name)}/{quote(v.version)}">{escape(v.model_name)} ' \
@@ -108,7 +135,7 @@ def render_compare(va: VersionView, vb: VersionView, diff: list[tuple[str, Any, 
               else f"<p>{escape(config_note or 'The two configs are identical.')}</p>")
     body = (f'<p><a href="{root}/models">← Models</a> · <a href="{root}/runs">Runs</a></p>'
             f"<h1>Compare</h1><p>a: {head(va)}<br>b: {head(vb)}</p><h2>Headline metrics</h2>{metrics}"
-            f"<h2>Paired difference</h2>{_paired(va, vb)}<h2>Config (differing keys)</h2>{config}")
+            f"<h2>Paired difference</h2>{_paired(va, vb, predictions)}<h2>Config (differing keys)</h2>{config}")
     return _page(f"medpipe compare {va.version} {vb.version}", body)
 
 
@@ -120,6 +147,19 @@ def _config(store: Store, v: VersionView) -> dict[str, Any] | None:
     try:
         loaded = yaml.safe_load(store.get_bytes(artifact_key(v.model_name, v.version, "config.yaml")))
     except yaml.YAMLError:  # shown as "no readable config.yaml", like a missing one
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _predictions(store: Store, v: VersionView) -> dict[str, Any] | None:
+    """The version's predictions.json (medpipe.paired_predictions), None when it has none or it is unreadable."""
+    import json
+
+    if PAIRED_NAME not in v.files:
+        return None
+    try:
+        loaded = json.loads(store.get_bytes(artifact_key(v.model_name, v.version, PAIRED_NAME)))
+    except (json.JSONDecodeError, UnicodeDecodeError):  # shown like a missing one: no paired difference
         return None
     return loaded if isinstance(loaded, dict) else None
 
@@ -141,11 +181,12 @@ def add_compare_route(router: APIRouter, store: Callable[[], Store], root: Calla
             if missing:
                 raise HTTPException(404, f"not in the registry {catalog.store_uri}: {', '.join(missing)}")
             configs = [_config(opened, view) for view in views]
+            predictions = [_predictions(opened, view) for view in views]
         except StoreError as exc:
             raise HTTPException(502, f"cannot read the model registry: {exc}") from None
         lacking = [f"{v.model_name}/{v.version}" for v, c in zip(views, configs) if c is None]
         note = f"no readable config.yaml in {', '.join(lacking)}: nothing to compare" if lacking else ""
         diff = config_diff(*configs) if not lacking else []
-        return HTMLResponse(render_compare(views[0], views[1], diff, root(request), note))
+        return HTMLResponse(render_compare(views[0], views[1], diff, root(request), note, predictions))
 
     router.add_api_route("/compare", compare_page, methods=["GET"], response_class=HTMLResponse)

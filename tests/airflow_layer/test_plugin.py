@@ -38,10 +38,25 @@ def _split_metrics(accuracy: float, auc: float | None) -> dict[str, Any]:
                          "f1_weighted": 0.17, "f1_macro": 0.17, "macro_auc": 0.5}}
 
 
+def _paired_predictions(folder: Path, shift: float) -> None:
+    """predictions.json as export writes it, from an evaluation-style CSV of 12 images of 6 patients."""
+    from medpipe.paired_predictions import write_paired_predictions
+
+    rows = ["rel,patient,true,predicted,prob_normal,prob_benign,prob_cancer"]
+    for i in range(12):
+        probs = np.roll([0.6 - shift * (i % 2), 0.2, 0.2 + shift * (i % 2)], i % 3)
+        rows.append(f"val/{CLASSES[i % 3]}/img{i}.png,P{i // 2},{CLASSES[i % 3]},x," + ",".join(map(str, probs)))
+    (folder / "predictions_val.csv").write_text("\n".join(rows) + "\n")
+    write_paired_predictions(folder / "predictions_val.csv", "val", CLASSES, "abc", folder / "predictions.json")
+    (folder / "predictions_val.csv").unlink()  # names and patient ids stay in the run folder, never published
+
+
 def _version_folder(root: Path, model: str, accuracy: float, auc: float | None, gate: dict[str, Any],
-                    image_size: int = 32) -> Path:
+                    image_size: int = 32, shift: float | None = None) -> Path:
     folder = root / model
     (folder / "plots").mkdir(parents=True)
+    if shift is not None:
+        _paired_predictions(folder, shift)
     (folder / "model.onnx").write_bytes(b"\x08\x07onnx-bytes-of-" + model.encode())
     split = _split_metrics(accuracy, auc)
     split["calibration"] = {"brier": 0.41, "brier_prevalence": 0.66, "ece": 0.12, "ece_bins": 10,
@@ -69,9 +84,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     failed_gate = {"passed": False, "challenger": "custom_cnn",
                    "reasons": ["macro_auc 0.61 < minimum 0.8", "<b>not</b> better than the baseline"]}
     passed_gate = {"passed": True, "challenger": "resnet18", "reasons": ["resnet18 passed all 4 checks"]}
-    publish_version(store, _version_folder(root, "custom_cnn", 0.5, 0.61, failed_gate, image_size=48), "custom_cnn",
-                    "20260101T000000-aaaaaa", make_champion=False)
-    publish_version(store, _version_folder(root, "resnet18", 0.875, None, passed_gate), "resnet18",
+    publish_version(store, _version_folder(root, "custom_cnn", 0.5, 0.61, failed_gate, image_size=48, shift=0.5),
+                    "custom_cnn", "20260101T000000-aaaaaa", make_champion=False)
+    publish_version(store, _version_folder(root, "resnet18", 0.875, None, passed_gate, shift=0.0), "resnet18",
                     "20260108T000000-bbbbbb")
     store.put_bytes("models/custom_cnn/damaged-1/metrics.json", b"{not json")  # an upload that died half-way
     _write_run_records(store)
@@ -320,7 +335,7 @@ def test_version_page_shows_intervals_calibration_pairwise_auc_and_operating_poi
            "<td class=num>0.125</td>" in page
 
 
-def test_compare_page_shows_metrics_no_invented_paired_difference_and_the_config_diff(client, auth) -> None:
+def test_compare_page_shows_metrics_the_paired_difference_and_the_config_diff(client, auth) -> None:
     url = "/medpipe/compare?a=resnet18/20260108T000000-bbbbbb&b=custom_cnn/20260101T000000-aaaaaa"
     assert client.get(url, headers={"Accept": "application/json"}).status_code == 401
     overview = client.get("/medpipe/models", headers=auth).text
@@ -328,7 +343,14 @@ def test_compare_page_shows_metrics_no_invented_paired_difference_and_the_config
     page = client.get(url, headers=auth)
     assert page.status_code == 200
     assert "b − a" in page.text and "-0.375" in page.text  # accuracy 0.5 - 0.875
-    assert "No paired difference" in page.text and "per-image predictions" in page.text
+    assert "Paired on the same 12 images of the val split (6 patients" in page.text
+    assert "<th>macro_auc</th><td class=num>-0.625</td>" in page.text  # b shifted its odd images toward cancer
+    assert "<th>balanced_accuracy</th><td class=num>-0.500</td>" in page.text
+    assert "img0" not in client.get("/medpipe/models/resnet18/20260108T000000-bbbbbb/predictions.json",
+                                    headers=auth).text  # no file names (nor patient ids) are published
+    unpaired = client.get(f"/medpipe/compare?a=resnet18/20260108T000000-bbbbbb&b=custom_cnn/{SCORER_VERSION}",
+                          headers=auth).text
+    assert "No paired difference: at least one version has no predictions.json" in unpaired  # none invented
     diff = page.text[page.text.index("Config (differing keys)"):]
     assert "data.image_size" in diff and "32" in diff and "48" in diff and "data.classes" not in diff
     for bad, status in (("a=resnet18&b=custom_cnn/x", 400), ("a=../x&b=custom_cnn/x", 400), ("b=custom_cnn/x", 400),
