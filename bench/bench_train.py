@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -99,34 +100,54 @@ class _PilDataset(torch.utils.data.Dataset):
         return x, self.samples[index].label_index
 
 
-def bench_model(name: str, samples, cfg, args) -> dict:
-    device, size, batch = args.device, args.size, args.batch
-    num_classes = len(cfg.data.classes)
+def _training_model(name: str, cfg, device: str, kind: str) -> torch.nn.Module:
+    """The model as medpipe trains it: seeded, on the device, channels_last on CUDA, in train mode."""
     torch.manual_seed(0)
-    model = build_model(name, cfg, num_classes).to(device)
-    if device == "cuda":
+    model = build_model(name, cfg, len(cfg.data.classes)).to(device)
+    if kind == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-3)
-    step = _step_fn(model, optimizer, device, num_classes, cfg)
+    return model.train()
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _medpipe_batches(samples, cfg, args, device: str) -> tuple[Callable[[], Batch], torch.Tensor, torch.Tensor,
+                                                                torch.Tensor]:
+    """medpipe's device-resident data path: (next_batch, images, labels, sampling weights), where next_batch()
+    draws a weighted batch of args.batch and augments and mixes it on the device (seeded: the same on every rank)."""
+    num_classes = len(cfg.data.classes)
     gen = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
-    images, labels = _load_arrays(samples, size)
+    images, labels = _load_arrays(samples, args.size)
     x_dev = torch.from_numpy(images).unsqueeze(1).to(device)
     y_dev = torch.from_numpy(labels).to(device)
     counts = np.bincount(labels, minlength=num_classes)
     weights = torch.tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.float32, device=device)
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        idx = weighted_indices(weights, args.batch, gen)
+        x = augment_batch(x_dev[idx].float(), cfg.augment, gen)
+        y = F.one_hot(y_dev[idx], num_classes).float()
+        return mixup(x, y, cfg.augment.mixup_alpha, gen, rng)
+
+    return next_batch, x_dev, y_dev, weights
+
+
+def bench_model(name: str, samples, cfg, args) -> dict:
+    device, batch = args.device, args.batch
+    num_classes = len(cfg.data.classes)
+    model = _training_model(name, cfg, device, device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-3)
+    step = _step_fn(model, optimizer, device, num_classes, cfg)
+    next_batch, x_dev, y_dev, weights = _medpipe_batches(samples, cfg, args, device)
     fixed_x, fixed_y = x_dev[:batch].float(), y_dev[:batch]
     if len(fixed_y) < batch:  # tiny datasets: repeat to a full batch
         reps = -(-batch // len(fixed_y))
         fixed_x, fixed_y = fixed_x.repeat(reps, 1, 1, 1)[:batch], fixed_y.repeat(reps)[:batch]
 
     def medpipe_step() -> None:
-        idx = weighted_indices(weights, batch, gen)
-        x = augment_batch(x_dev[idx].float(), cfg.augment, gen)
-        y = F.one_hot(y_dev[idx], num_classes).float()
-        x, y = mixup(x, y, cfg.augment.mixup_alpha, gen, rng)
-        step(x, y)
+        step(*next_batch())
 
     results = {"ceiling": _timed(lambda: step(fixed_x, fixed_y), args.steps, args.warmup, batch, device),
                "medpipe": _timed(medpipe_step, args.steps, args.warmup, batch, device)}
@@ -141,7 +162,7 @@ def bench_model(name: str, samples, cfg, args) -> dict:
 
         results["ema"] = _timed(medpipe_ema_step, args.steps, args.warmup, batch, device)
     loader = torch.utils.data.DataLoader(
-        _PilDataset(samples, size), batch_size=batch, num_workers=args.workers, drop_last=True,
+        _PilDataset(samples, args.size), batch_size=batch, num_workers=args.workers, drop_last=True,
         sampler=torch.utils.data.WeightedRandomSampler(weights.cpu().double(),
                                                           num_samples=(args.steps + args.warmup + 1) * batch),
         pin_memory=device == "cuda", persistent_workers=args.workers > 0)
@@ -162,28 +183,14 @@ def bench_ddp_worker(name: str, samples, cfg, args) -> None:
     world = distributed.world()
     device = distributed.setup("cpu" if args.device == "cpu" else "cuda") or args.device
     kind = "cuda" if device.startswith("cuda") else "cpu"  # _step_fn and _sync know "cuda" and "cpu"
-    num_classes = len(cfg.data.classes)
-    torch.manual_seed(0)
-    model = build_model(name, cfg, num_classes).to(device)
-    if kind == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
+    model = _training_model(name, cfg, device, kind)
     net = distributed.wrap_model(model, device) if world.size > 1 else model
-    step = _step_fn(net, torch.optim.AdamW(param_groups(model, cfg), lr=1e-3), kind, num_classes, cfg)
-    gen = torch.Generator(device=device).manual_seed(0)  # the same on every rank: the same global batch
-    rng = np.random.default_rng(0)
-    images, labels = _load_arrays(samples, args.size)
-    x_dev = torch.from_numpy(images).unsqueeze(1).to(device)
-    y_dev = torch.from_numpy(labels).to(device)
-    counts = np.bincount(labels, minlength=num_classes)
-    weights = torch.tensor((1.0 / np.maximum(counts, 1))[labels], dtype=torch.float32, device=device)
+    step = _step_fn(net, torch.optim.AdamW(param_groups(model, cfg), lr=1e-3), kind, len(cfg.data.classes), cfg)
+    next_batch = _medpipe_batches(samples, cfg, args, device)[0]  # the same global batch on every rank
     part = distributed.rank_slice(args.batch, world)
 
     def ddp_step() -> None:
-        idx = weighted_indices(weights, args.batch, gen)
-        x = augment_batch(x_dev[idx].float(), cfg.augment, gen)
-        y = F.one_hot(y_dev[idx], num_classes).float()
-        x, y = mixup(x, y, cfg.augment.mixup_alpha, gen, rng)
+        x, y = next_batch()
         step(x[part], y[part])
 
     rate = _timed(ddp_step, args.steps, args.warmup, args.batch, kind)  # global images/s, as rank 0 sees it

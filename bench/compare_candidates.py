@@ -73,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.run}: an ensemble needs two trained models, found {names}")
     models = {n: load_checkpoint(run.checkpoint(n), args.device)[0] for n in names}
 
-    select = data.splits[args.select_on]
-    selection_auc = {n: compute_metrics(select.labels, predict_probs(m, select.images, args.device),
-                                        data.classes)["macro_auc"] for n, m in models.items()}
-    best = max(selection_auc, key=lambda n: selection_auc[n])
-
     split = data.splits[args.split]
     probs = _score(models, split.images, args.device)
+    select = data.splits[args.select_on]
+    selection_auc = {n: compute_metrics(select.labels, probs[(n, False)] if args.select_on == args.split
+                                        else predict_probs(m, select.images, args.device), data.classes)["macro_auc"]
+                     for n, m in models.items()}
+    best = max(selection_auc, key=lambda n: selection_auc[n])
     labels, patients = np.asarray(split.labels), np.asarray(split.patients)
     report: dict[str, Any] = {"run": str(args.run), "split": args.split, "images": int(labels.size),
                               "patients": int(np.unique(patients).size), "best_single": best,

@@ -2,10 +2,11 @@
 ### medpipe_score — score a folder of images with the champion model
 
 Runs whenever `medpipe_retrain` publishes a new champion (it is scheduled on the Asset `medpipe://champion`)
-and on demand. Tasks: resolve the config → download and verify the model's `model.onnx` (sha256 against
-the registry): the version the triggering Asset event names (its `extra`: model_name, version, sha256), so two
-quick publishes each get scored with their own model; a manual run uses the champion pointer → score every image under `input` with ONNX Runtime → upload the predictions CSV (and the CSV
-of files that could not be scored) to the store as `scores/<run id>/`.
+and on demand. Tasks: resolve the config → pin the version to score with, checked against the registry: the
+version the triggering Asset event names (its `extra`: model_name, version, sha256), so two quick publishes each
+get scored with their own model; a manual run uses the champion pointer → download that version's model (FP32 or
+INT8 by `score.precision`), verify its sha256 and score every image under `input` with ONNX Runtime → upload the
+predictions CSV (and the CSV of files that could not be scored) to the store as `scores/<run id>/`.
 
 **Params**: `input` (folder of images; default `$MEDPIPE_SCORE_INBOX` or the bundled sample), `config`,
 `overrides`, `store_uri`, `work_root` (as in `medpipe_retrain`). Outputs of a run live in
@@ -33,22 +34,24 @@ DEFAULT_ARGS = default_args(retry_delay=timedelta(minutes=1), max_retry_delay=ti
 @task
 @with_store_connection
 def resolve_champion(config_path: str) -> dict[str, Any]:
-    """Download the model to score with and check its sha256 against the registry: the version the triggering
-    champion Asset event announced (and its sha256), or for a manual run the champion pointer."""
-    from medpipe.registry import resolve_model
+    """Pin the version to score with, checked against the registry without downloading it (the score task fetches
+    the file it needs): the version the triggering champion Asset event announced (and its sha256), or for a
+    manual run the champion pointer."""
+    from medpipe.registry import locate_model
     from medpipe.store import open_store
 
     announced = announced_model(get_current_context().get("triggering_asset_events"))
     ref = f"{announced['model_name']}/{announced['version']}" if announced else "champion"
-    onnx_path, info = resolve_model(open_store(load_run_config(config_path).store), ref, run_dir() / "model")
+    info = locate_model(open_store(load_run_config(config_path).store), ref)
     if announced and announced.get("sha256") and announced["sha256"] != info["sha256"]:
         raise AirflowFailException(f"{ref}: the registry's model.onnx has sha256 {info['sha256']}, the publish "
                                    f"event announced {announced['sha256']}; refusing to score with it")
-    return {"onnx": str(onnx_path), "model_name": info["model_name"], "version": info["version"],
-            "sha256": info["sha256"], "source": "asset event" if announced else "champion pointer"}
+    return {"model_name": info["model_name"], "version": info["version"], "sha256": info["sha256"],
+            "source": "asset event" if announced else "champion pointer"}
 
 
 @task(pool=settings.gpu_pool(), pool_slots=1, queue=settings.gpu_queue(), **k8s.pod_placement(gpus=1))
+@with_store_connection  # score_folder downloads the version from the store itself
 def score(champion: dict[str, Any], config_path: str) -> dict[str, Any]:
     """Score every image of the input folder; unreadable files are listed in the errors CSV, not fatal.
 

@@ -25,12 +25,12 @@ from medpipe.registry.common import (
     CHAMPION_KEY, INT8_MODEL_FILE, MANIFEST_NAME, MODEL_FILE, MODELS_PREFIX, REQUIRED_FILES, IntegrityError,
     MissingFileError, RegistryError, new_version_name, read_champion, validate_name,
 )
-from medpipe.registry.lookup import list_versions, resolve_model, show_version
+from medpipe.registry.lookup import list_versions, locate_model, resolve_model, show_version
 from medpipe.registry.publish import publish_version
 
 __all__ = [
     "RegistryError", "IntegrityError", "MissingFileError", "publish_version", "list_versions", "show_version",
-    "read_champion",
-    "resolve_model", "new_version_name", "validate_name", "CHAMPION_KEY", "MODELS_PREFIX", "MANIFEST_NAME",
+    "read_champion", "locate_model", "resolve_model", "new_version_name", "validate_name", "CHAMPION_KEY",
+    "MODELS_PREFIX", "MANIFEST_NAME",
     "MODEL_FILE", "INT8_MODEL_FILE", "REQUIRED_FILES",
 ]

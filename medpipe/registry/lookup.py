@@ -99,6 +99,35 @@ def show_version(store: Store, ref: str) -> dict[str, Any]:
             "is_champion": _is_champion(read_champion(store), model_name, version)}
 
 
+def locate_model(store: Store, ref: str, file: str = MODEL_FILE) -> dict[str, Any]:
+    """Which version ``ref`` names and the key and recorded sha256 of its ``file``, checked without downloading
+    (what the scoring DAG needs to pin a version before the scoring task fetches the file).
+
+    Raises:
+        RegistryError / MissingFileError / IntegrityError: as ``resolve_model``, before any byte is fetched.
+    """
+    info = show_version(store, ref)
+    model_name, version = info["model_name"], info["version"]
+    entries = {e["path"]: e for e in info["files"]}
+    if MODEL_FILE not in entries:
+        raise RegistryError(f"{store.uri(info['manifest_key'])} lists no {MODEL_FILE}")
+    if file not in entries:
+        raise MissingFileError(f"version {model_name}/{version} has no {file} ({store.uri(info['manifest_key'])} "
+                               f"lists {sorted(entries)})")
+    if ref == "champion":  # the pointer records model.onnx's sha256: it proves the manifest is the champion's
+        champion = read_champion(store) or {}
+        if champion.get("sha256") != entries[MODEL_FILE]["sha256"]:
+            raise IntegrityError(
+                f"{store.uri(_version_prefix(model_name, version) + MODEL_FILE)}: champion.json says sha256 "
+                f"{champion.get('sha256')} but the manifest says {entries[MODEL_FILE]['sha256']}"
+            )
+    key = _version_prefix(model_name, version) + file
+    return {"source": "store", "ref": ref, "model_name": model_name, "version": version, "key": key,
+            "uri": store.uri(key), "sha256": entries[file]["sha256"], "published_at": info.get("published_at"),
+            "metrics": info.get("metrics", {}), "is_champion": info["is_champion"], "file": file,
+            "files": sorted(entries), "model_onnx_sha256": entries[MODEL_FILE]["sha256"]}
+
+
 def resolve_model(store: Store, ref: str, dest_dir: Path, file: str = MODEL_FILE) -> tuple[Path, dict[str, Any]]:
     """Download and verify the model.onnx (or another model file of the version, e.g. ``INT8_MODEL_FILE``) that
     ``ref`` names; a ref ending in ``.onnx`` is a local file.
@@ -121,23 +150,9 @@ def resolve_model(store: Store, ref: str, dest_dir: Path, file: str = MODEL_FILE
         if not Path(ref).is_file():
             raise RegistryError(f"local model file {ref} does not exist")
         return Path(ref), {"source": "local", "ref": ref, "path": ref, "sha256": sha256_file(ref), "file": None}
-    info = show_version(store, ref)
-    model_name, version = info["model_name"], info["version"]
-    entries = {e["path"]: e for e in info["files"]}
-    if MODEL_FILE not in entries:
-        raise RegistryError(f"{store.uri(info['manifest_key'])} lists no {MODEL_FILE}")
-    if file not in entries:
-        raise MissingFileError(f"version {model_name}/{version} has no {file} ({store.uri(info['manifest_key'])} "
-                            f"lists {sorted(entries)})")
-    if ref == "champion":  # the pointer records model.onnx's sha256: it proves the manifest is the champion's
-        champion = read_champion(store) or {}
-        if champion.get("sha256") != entries[MODEL_FILE]["sha256"]:
-            raise IntegrityError(
-                f"{store.uri(_version_prefix(model_name, version) + MODEL_FILE)}: champion.json says sha256 "
-                f"{champion.get('sha256')} but the manifest says {entries[MODEL_FILE]['sha256']}"
-            )
-    key, expected = _version_prefix(model_name, version) + file, entries[file]["sha256"]
-    dest = Path(dest_dir) / model_name / version / file
+    located = locate_model(store, ref, file)
+    key, expected = located["key"], located["sha256"]
+    dest = Path(dest_dir) / located["model_name"] / located["version"] / file
     downloaded = not (dest.is_file() and sha256_file(dest) == expected)
     if downloaded:
         # Verified inside the block: only bytes that match the manifest are ever moved to the final name; a
@@ -150,8 +165,4 @@ def resolve_model(store: Store, ref: str, dest_dir: Path, file: str = MODEL_FILE
                     "refusing to use it"
                 )
     _logger.info("resolved %s to %s (%s)", ref, dest, "downloaded" if downloaded else "already present")
-    return dest, {"source": "store", "ref": ref, "model_name": model_name, "version": version, "key": key,
-                  "uri": store.uri(key), "sha256": expected, "published_at": info.get("published_at"),
-                  "metrics": info.get("metrics", {}), "is_champion": info["is_champion"], "path": str(dest),
-                  "downloaded": downloaded, "file": file, "files": sorted(entries),
-                  "model_onnx_sha256": entries[MODEL_FILE]["sha256"]}
+    return dest, {**located, "path": str(dest), "downloaded": downloaded}

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from medpipe.contracts import HEADLINE_METRICS
 from medpipe_plugin.catalog import Catalog, VersionView
-from medpipe_plugin.metric_views import version_details
+from medpipe_plugin.metric_views import fmt as _fmt, version_details
 
 __all__ = ["page_html", "promotion_note", "render_catalog", "render_card", "render_version"]
 
@@ -43,14 +43,6 @@ def promotion_note(champion: dict[str, Any] | None) -> str:
         return ""
     return (f' <span class="badge fail" title="{escape(str(champion.get("promotion_reason", "")))}">champion by '
             "manual promotion, no passed gate</span>")
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"  # undefined metric (e.g. AUC of a class without positives): medpipe writes null
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return escape(str(value))
 
 
 def _interval(split_metrics: dict[str, Any], key: str) -> str:

@@ -160,7 +160,8 @@ def test_the_dag_tasks_that_open_stores_run_inside_the_connection_scope() -> Non
     from airflow.dag_processing.dagbag import DagBag
 
     dagbag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    for dag_id, task_id in (("medpipe_score", "resolve_champion"), ("medpipe_score", "upload_results"),
+    for dag_id, task_id in (("medpipe_score", "resolve_champion"), ("medpipe_score", "score"),
+                            ("medpipe_score", "upload_results"),
                             ("medpipe_inbox", "find_batches"), ("medpipe_inbox", "score_batch")):
         function = dagbag.get_dag(dag_id).get_task(task_id).python_callable
         wrapper_code = _plugin().with_store_connection(len).__code__
